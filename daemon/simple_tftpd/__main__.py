@@ -1,0 +1,3 @@
+from simple_tftpd.cli import main
+
+main()

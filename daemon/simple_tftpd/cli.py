@@ -1,0 +1,123 @@
+"""Command line: `simple-tftpd` (alias `simple-tftpd-datacenter`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from simple_tftpd import __version__
+from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.logging.level.upper())
+    if config.logging.format == "json":
+        # Transfer records are JSON already; other lines get a minimal JSON envelope.
+        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
+        logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+        logging.getLogger("simple_tftpd.transfer").propagate = False
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("simple_tftpd.transfer").addHandler(handler)
+    else:
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="simple-tftpd")
+def main() -> None:
+    """simple-tftpd: a hardened TFTP daemon for datacenter network boot."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="JSON config file (default: the embedded single-node default).",
+)
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), help="Content root.")
+@click.option("--bind", help="TFTP listen address (IPv4 or IPv6; '::' is dual-stack).")
+@click.option("--port", type=int, help="TFTP listen port.")
+@click.option("--api-bind", help="Management API listen address.")
+@click.option("--api-port", type=int, help="Management API port.")
+@click.option(
+    "--single-port/--no-single-port",
+    default=None,
+    help="Answer every transfer from the listening port (for L4 load balancers).",
+)
+def serve(
+    config_path: Path | None,
+    root: Path | None,
+    bind: str | None,
+    port: int | None,
+    api_bind: str | None,
+    api_port: int | None,
+    single_port: bool | None,
+) -> None:
+    """Run the daemon until SIGTERM (drains) or SIGINT; SIGHUP reloads the config file."""
+    from simple_tftpd.daemon import serve as run
+
+    overrides: dict[str, object] = {
+        "root": root,
+        "bind": bind,
+        "port": port,
+        "api_bind": api_bind,
+        "api_port": api_port,
+        "single_port": single_port,
+    }
+    try:
+        config = apply_overrides(load_config(config_path), **overrides)
+    except ConfigError as exc:
+        _fail(f"invalid configuration:\n{exc}")
+        return
+    content_root = config.tftp.root
+    if not content_root.is_dir():
+        if config_path is None and root is None:
+            # The embedded default serves ./tftpboot; make it so a first run just works.
+            content_root.mkdir(parents=True, exist_ok=True)
+        else:
+            _fail(f"tftp.root: {content_root} is not a directory; create it or set --root")
+    _setup_logging(config)
+    try:
+        asyncio.run(run(config, config_path, overrides))
+    except PermissionError as exc:
+        _fail(f"cannot bind: {exc}. Ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+              "try --port 6969")
+    except OSError as exc:
+        _fail(f"cannot start: {exc}")
+
+
+@main.command("check-config")
+@click.argument("config_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing when the file is valid.")
+def check_config(config_file: Path, quiet: bool) -> None:
+    """Validate CONFIG_FILE; each problem is printed with its key path. Exit 0 if valid."""
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        click.echo(f"{config_file}: invalid", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(1)
+    if not quiet:
+        click.echo(f"{config_file}: valid")
+        click.echo(json.dumps(config.summary(), indent=2, default=str))
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(__version__)

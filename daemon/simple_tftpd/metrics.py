@@ -1,0 +1,66 @@
+"""Prometheus metrics of one daemon, in a registry of its own (tests run several daemons)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.transfers = Counter(
+            "simple_tftpd_transfers",
+            "Finished transfers by direction and outcome",
+            ["direction", "outcome"],
+            registry=r,
+        )
+        self.bytes_sent = Counter(
+            "simple_tftpd_sent_bytes", "File bytes sent to clients", registry=r
+        )
+        self.bytes_received = Counter(
+            "simple_tftpd_received_bytes", "File bytes received in uploads", registry=r
+        )
+        self.active_sessions = Gauge(
+            "simple_tftpd_active_sessions", "Transfers in progress", registry=r
+        )
+        self.duration = Histogram(
+            "simple_tftpd_transfer_duration_seconds",
+            "Duration of finished transfers",
+            ["direction"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.retransmits = Counter(
+            "simple_tftpd_retransmits", "Datagrams sent again after a timeout", registry=r
+        )
+        self.errors = Counter(
+            "simple_tftpd_errors_sent",
+            "ERROR packets sent, by TFTP error code",
+            ["code"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "simple_tftpd_rate_limited_requests",
+            "Requests dropped by the per-client rate limit",
+            registry=r,
+        )
+        self.acl_denied = Counter(
+            "simple_tftpd_acl_denied_requests", "Requests refused by the access list", registry=r
+        )
+        self.malformed = Counter(
+            "simple_tftpd_malformed_packets", "Datagrams that were not valid TFTP", registry=r
+        )
+        self.cache_hits = Counter("simple_tftpd_cache_hits", "Hot-file cache hits", registry=r)
+        self.cache_misses = Counter(
+            "simple_tftpd_cache_misses", "Hot-file cache misses", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "simple_tftpd_cache_bytes", "Bytes held by the hot-file cache", registry=r
+        )
+        self.up = Gauge("simple_tftpd_up", "1 while the daemon serves, 0 while draining", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""The TFTP protocol without I/O: packet codec and transfer state machines."""

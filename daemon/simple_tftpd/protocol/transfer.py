@@ -1,0 +1,385 @@
+"""Sans-I/O TFTP transfer state machines (server side).
+
+A transfer owns no socket and no clock. The I/O layer feeds it packets with the current time
+(`receive`), asks when it wants to be woken (`deadline`) and wakes it (`on_timer`); every call
+returns the datagrams to send to the peer. That keeps every RFC edge case (option bounds,
+block-number rollover, duplicate ACKs, window resends, retries) testable without sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from simple_tftpd.protocol import netascii
+from simple_tftpd.protocol.packets import (
+    MAX_BLKSIZE,
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    Packet,
+    Request,
+    encode_ack,
+    encode_data,
+    encode_error,
+    encode_oack,
+)
+
+DEFAULT_BLKSIZE = 512
+MIN_BLKSIZE = 8
+MAX_WINDOWSIZE = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The daemon's ceilings and retry policy for one transfer."""
+
+    max_blksize: int = 1468
+    max_windowsize: int = 64
+    timeout: float = 1.0
+    retries: int = 5
+    # A peer that has not yet answered may be a spoofed victim: resend to it fewer times.
+    unverified_retries: int = 2
+    max_upload_bytes: int = 1 << 30
+
+
+class Outcome(Enum):
+    OK = "ok"
+    TIMEOUT = "timeout"
+    PEER_ERROR = "peer_error"  # the client sent ERROR
+    ERROR = "error"  # we ended it with ERROR
+    CANCELLED = "cancelled"  # daemon shutdown
+
+
+class NegotiationError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BlockSource(Protocol):
+    """Readable content of a known size (a cached bytes object, or a file read with pread)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes | memoryview: ...
+
+
+class BlockSink(Protocol):
+    """Where an upload goes: written in order, made visible only by `commit`."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class SinkError(Exception):
+    """Raised by a sink that cannot take more data; `code` is the TFTP error to send."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Parameters:
+    blksize: int = DEFAULT_BLKSIZE
+    windowsize: int = 1
+    timeout: float = 1.0
+
+
+def _int_option(options: dict[str, str], name: str) -> int | None:
+    raw = options.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise NegotiationError(f"invalid {name} value")
+    return int(raw)
+
+
+def negotiate(
+    request: Request, limits: Limits, size: int | None
+) -> tuple[Parameters, dict[str, str]]:
+    """Apply RFC 2347/2348/2349/7440 to a request.
+
+    Returns the transfer parameters and the options to acknowledge in an OACK (empty: no
+    OACK). `size` is the content size for a read; for a write, the client's tsize is checked
+    against the upload limit. Unknown options are ignored; values that can never be valid
+    raise NegotiationError (answered with ERROR 8); values above the daemon's ceiling are
+    lowered, as RFC 2348 and 7440 allow.
+    """
+    accepted: dict[str, str] = {}
+    blksize, windowsize, timeout = DEFAULT_BLKSIZE, 1, limits.timeout
+    opts = request.options
+
+    requested_blksize = _int_option(opts, "blksize")
+    if requested_blksize is not None:
+        if requested_blksize < MIN_BLKSIZE:
+            raise NegotiationError("blksize below 8")
+        blksize = min(requested_blksize, limits.max_blksize, MAX_BLKSIZE)
+        accepted["blksize"] = str(blksize)
+
+    requested_timeout = _int_option(opts, "timeout")
+    if requested_timeout is not None:
+        if not 1 <= requested_timeout <= 255:
+            raise NegotiationError("timeout outside 1..255")
+        timeout = float(requested_timeout)
+        accepted["timeout"] = str(requested_timeout)
+
+    tsize = _int_option(opts, "tsize")
+    if tsize is not None:
+        if request.is_write:
+            if tsize > limits.max_upload_bytes:
+                raise NegotiationError("tsize exceeds the upload limit")
+            accepted["tsize"] = str(tsize)
+        elif size is not None:
+            accepted["tsize"] = str(size)
+
+    requested_window = _int_option(opts, "windowsize")
+    if requested_window is not None:
+        if not 1 <= requested_window <= MAX_WINDOWSIZE:
+            raise NegotiationError("windowsize outside 1..65535")
+        windowsize = min(requested_window, limits.max_windowsize)
+        accepted["windowsize"] = str(windowsize)
+
+    return Parameters(blksize, windowsize, timeout), accepted
+
+
+class Transfer:
+    """What both directions share: retry accounting, outcome, counters."""
+
+    def __init__(self, limits: Limits, params: Parameters, oack: dict[str, str]) -> None:
+        self.limits = limits
+        self.params = params
+        self.oack = encode_oack(oack) if oack else None
+        self.deadline: float | None = None
+        self.outcome: Outcome | None = None
+        self.error: str | None = None
+        self.verified = False  # the peer has answered, so its address is not spoofed
+        self.retransmits = 0
+        self.bytes = 0
+        self._tries = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def _finish(self, outcome: Outcome, error: str | None = None) -> None:
+        self.outcome = outcome
+        self.error = error
+        self.deadline = None
+
+    def _fail(self, code: ErrorCode, message: str) -> list[bytes]:
+        self._finish(Outcome.ERROR, message)
+        return [encode_error(code, message)]
+
+    def _arm(self, now: float) -> None:
+        self.deadline = now + self.params.timeout
+
+    def _retry_allowed(self) -> bool:
+        self._tries += 1
+        limit = self.limits.retries if self.verified else self.limits.unverified_retries
+        if self._tries > limit:
+            self._finish(Outcome.TIMEOUT, "no answer from peer")
+            return False
+        return True
+
+    def _progress(self) -> None:
+        self.verified = True
+        self._tries = 0
+
+    def _peer_error(self, packet: Error) -> list[bytes]:
+        self._finish(Outcome.PEER_ERROR, f"peer error {packet.code}: {packet.message}")
+        return []
+
+    def cancel(self, message: str = "server shutting down") -> list[bytes]:
+        if self.finished:
+            return []
+        self._finish(Outcome.CANCELLED, message)
+        return [encode_error(ErrorCode.NOT_DEFINED, message)]
+
+
+class ReadTransfer(Transfer):
+    """Serve a file to a client (RRQ), lockstep or windowed (RFC 7440).
+
+    Block numbers are tracked unwrapped; only the wire carries them modulo 65536, so files
+    of more than 65535 blocks roll over to 0 as tftp-hpa and atftp expect.
+    """
+
+    def __init__(
+        self, source: BlockSource, limits: Limits, params: Parameters, oack: dict[str, str]
+    ) -> None:
+        super().__init__(limits, params, oack)
+        self.source = source
+        self.last_block = source.size // params.blksize + 1
+        # With an OACK the client confirms with ACK 0, so "acknowledged" starts one lower.
+        self._acked = -1 if self.oack else 0
+        self._sent = 0
+
+    def start(self, now: float) -> list[bytes]:
+        self._arm(now)
+        if self.oack:
+            return [self.oack]
+        return self._send_window()
+
+    def _block(self, number: int) -> bytes:
+        blksize = self.params.blksize
+        offset = (number - 1) * blksize
+        return encode_data(number, self.source.read(offset, min(blksize, self.source.size - offset)))
+
+    def _send_window(self) -> list[bytes]:
+        first = self._acked + 1
+        last = min(self._acked + self.params.windowsize, self.last_block)
+        self._sent = last
+        return [self._block(n) for n in range(first, last + 1)]
+
+    def receive(self, packet: Packet, now: float) -> list[bytes]:
+        if self.finished:
+            return []
+        if isinstance(packet, Ack):
+            # Map the 16-bit number onto the outstanding range (acked, sent].
+            block = self._acked + ((packet.block - self._acked) & 0xFFFF)
+            if block > self._sent or block == self._acked:
+                # Stale or duplicate ACK: never resend on it (Sorcerer's Apprentice);
+                # the timer covers genuine loss.
+                return []
+            self._progress()
+            self.bytes = min(block * self.params.blksize, self.source.size)
+            self._acked = block
+            if block == self.last_block:
+                self._finish(Outcome.OK)
+                return []
+            self._arm(now)
+            return self._send_window()
+        if isinstance(packet, Error):
+            return self._peer_error(packet)
+        if isinstance(packet, Request):
+            return []  # a retried request: the timer resends
+        return self._fail(ErrorCode.ILLEGAL_OPERATION, "unexpected packet during read")
+
+    def on_timer(self, now: float) -> list[bytes]:
+        if self.finished or self.deadline is None or now < self.deadline:
+            return []
+        if not self._retry_allowed():
+            return []
+        self._arm(now)
+        if self._acked < 0:
+            self.retransmits += 1
+            return [self.oack] if self.oack else []
+        window = self._send_window()
+        self.retransmits += len(window)
+        return window
+
+
+class WriteTransfer(Transfer):
+    """Receive a file from a client (WRQ), lockstep or windowed.
+
+    Data goes to the sink in order; the sink makes it visible only on `commit`, after the
+    last block, so a partial upload is never served.
+    """
+
+    def __init__(
+        self,
+        sink: BlockSink,
+        limits: Limits,
+        params: Parameters,
+        oack: dict[str, str],
+        netascii_mode: bool = False,
+    ) -> None:
+        super().__init__(limits, params, oack)
+        self.sink = sink
+        self._decoder = netascii.Decoder() if netascii_mode else None
+        self._received = 0  # highest block written, unwrapped
+        self._in_window = 0
+        self._nacked = False  # already asked for a resend since the last progress
+        self._dallying = False
+
+    def start(self, now: float) -> list[bytes]:
+        self._arm(now)
+        return [self.oack] if self.oack else [encode_ack(0)]
+
+    def _abort(self, code: ErrorCode, message: str) -> list[bytes]:
+        self.sink.abort()
+        return self._fail(code, message)
+
+    def cancel(self, message: str = "server shutting down") -> list[bytes]:
+        if self._dallying:  # already committed: the upload is complete
+            self._finish(Outcome.OK)
+            return []
+        if not self.finished:
+            self.sink.abort()
+        return super().cancel(message)
+
+    def receive(self, packet: Packet, now: float) -> list[bytes]:
+        if self.finished:
+            return []
+        if isinstance(packet, Data):
+            return self._on_data(packet, now)
+        if isinstance(packet, Error):
+            self.sink.abort()
+            return self._peer_error(packet)
+        if isinstance(packet, Request):
+            return []
+        return self._abort(ErrorCode.ILLEGAL_OPERATION, "unexpected packet during write")
+
+    def _on_data(self, packet: Data, now: float) -> list[bytes]:
+        expected = (self._received + 1) & 0xFFFF
+        if packet.block != expected:
+            # Duplicate or out of order: ask once for a resend from the last good block.
+            if self._nacked and not self._dallying:
+                return []
+            self._nacked = True
+            return [encode_ack(self._received)]
+        if self._dallying:
+            return []
+        payload = packet.payload
+        if len(payload) > self.params.blksize:
+            return self._abort(ErrorCode.ILLEGAL_OPERATION, "block larger than blksize")
+        if self.bytes + len(payload) > self.limits.max_upload_bytes:
+            return self._abort(ErrorCode.DISK_FULL, "upload exceeds the size limit")
+        try:
+            self.sink.write(self._decoder.feed(payload) if self._decoder else payload)
+        except SinkError as exc:
+            return self._abort(exc.code, exc.message)
+        self._progress()
+        self._nacked = False
+        self.bytes += len(payload)
+        self._received += 1
+        self._in_window += 1
+        self._arm(now)
+        if len(payload) < self.params.blksize:
+            try:
+                if self._decoder:
+                    self.sink.write(self._decoder.finish())
+                self.sink.commit()
+            except SinkError as exc:
+                return self._abort(exc.code, exc.message)
+            # Linger one timeout so a lost final ACK can be answered again.
+            self._dallying = True
+            return [encode_ack(self._received)]
+        if self._in_window >= self.params.windowsize:
+            self._in_window = 0
+            return [encode_ack(self._received)]
+        return []
+
+    def on_timer(self, now: float) -> list[bytes]:
+        if self.finished or self.deadline is None or now < self.deadline:
+            return []
+        if self._dallying:
+            self._finish(Outcome.OK)
+            return []
+        if not self._retry_allowed():
+            self.sink.abort()
+            return []
+        self._arm(now)
+        self._in_window = 0
+        self.retransmits += 1
+        if self._received == 0 and self.oack:
+            return [self.oack]
+        return [encode_ack(self._received)]

@@ -1,0 +1,463 @@
+"""The asyncio UDP layer: sockets, timers and policy around the sans-I/O transfers.
+
+Two modes:
+- standard: requests arrive on the listening port, each transfer answers from a fresh
+  socket (RFC 1350 TIDs), optionally taken from a configured port range;
+- single-port: every transfer answers from the listening socket and sessions are told apart
+  by client ip:port, which is what L4 load balancers and stateful firewalls need.
+
+Sockets are driven with `loop.add_reader` and non-blocking `recvfrom`/`sendto`: fewer
+layers than asyncio transports on the per-packet path. A send that would block is dropped;
+the transfer's retransmit timer covers it like any lost datagram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import json
+import logging
+import random
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from simple_tftpd.config import Config
+from simple_tftpd.content.cache import ContentCache
+from simple_tftpd.content.resolve import ResolveError
+from simple_tftpd.content.store import ContentStore, Source
+from simple_tftpd.metrics import Metrics
+from simple_tftpd.policy import AccessList, AclRule, RateLimiter, SessionLimiter
+from simple_tftpd.protocol.packets import (
+    Error,
+    ErrorCode,
+    MalformedPacket,
+    Opcode,
+    Request,
+    encode_error,
+    parse,
+)
+from simple_tftpd.protocol.transfer import (
+    Limits,
+    NegotiationError,
+    ReadTransfer,
+    Transfer,
+    WriteTransfer,
+    negotiate,
+)
+
+log = logging.getLogger("simple_tftpd.server")
+transfer_log = logging.getLogger("simple_tftpd.transfer")
+
+Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
+RECV_SIZE = 65536
+# Datagrams handled per readiness callback before yielding to other sockets and timers.
+RECV_BATCH = 64
+
+
+@dataclass(eq=False)
+class Session:
+    peer: Address
+    sock: socket.socket
+    transfer: Transfer
+    request: Request
+    started: float
+    own_socket: bool
+    source: Source | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+def _family_for(bind: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
+
+
+def _client_ip(peer: Address) -> str:
+    host = str(peer[0])
+    return host[7:] if host.startswith("::ffff:") else host
+
+
+def _peer_text(peer: Address) -> str:
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+
+
+class TftpServer:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.loop = asyncio.get_running_loop()
+        self.sessions: dict[Address, Session] = {}
+        self.draining = False
+        self._listener: socket.socket | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.cache = ContentCache(0, 0, 0)
+        self.apply(config)
+
+    # -- configuration --------------------------------------------------------------------
+
+    def apply(self, config: Config) -> None:
+        """Take a (re)loaded config: policy, limits and cache change; sockets stay."""
+        self.config = config
+        tftp, ddos = config.tftp, config.security.network.ddos_protection
+        cache = config.performance.cache
+        self.limits = Limits(
+            max_blksize=tftp.max_blksize,
+            max_windowsize=tftp.max_windowsize,
+            timeout=tftp.timeout,
+            retries=tftp.retries,
+            unverified_retries=ddos.unverified_retries if ddos.enabled else tftp.retries,
+            max_upload_bytes=tftp.write.max_size_mb << 20,
+        )
+        mib = 1 << 20
+        if cache.enabled:
+            self.cache.reconfigure(
+                cache.max_size_mb * mib, cache.ttl_seconds, cache.max_file_size_mb * mib
+            )
+        else:
+            self.cache.reconfigure(0, 0, 0)
+        self.store = ContentStore(
+            tftp.root,
+            [(rule.pattern, rule.replacement) for rule in tftp.remap],
+            self.cache,
+            tftp.write.prefixes,
+            tftp.write.overwrite,
+        )
+        firewall = config.security.network.firewall
+        rules = [
+            AclRule(rule.action, tuple(rule.sources))
+            for rule in firewall.rules
+            if firewall.enabled and rule.protocol == "udp" and rule.covers_port(tftp.port)
+        ]
+        self.acl = AccessList(rules, firewall.default_action if firewall.enabled else "allow")
+        self.rate_limiter: RateLimiter | None = (
+            RateLimiter(ddos.rate_limit, ddos.burst) if ddos.enabled else None
+        )
+        per_client = ddos.max_sessions_per_client if ddos.enabled else 1 << 30
+        max_sessions = config.performance.connection_pool.max_connections
+        if hasattr(self, "session_limiter"):
+            self.session_limiter.reconfigure(max_sessions, per_client)
+        else:
+            self.session_limiter = SessionLimiter(max_sessions, per_client)
+        self.json_logs = config.logging.format == "json"
+        self.log_transfers = config.logging.transfer_log
+
+    # -- sockets --------------------------------------------------------------------------
+
+    def _new_socket(self, bind: str, port: int) -> socket.socket:
+        family = _family_for(bind)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6 and bind == "::":
+                # "::" serves IPv4 too (clients appear as ::ffff:a.b.c.d).
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setblocking(False)
+            sock.bind((bind, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def start(self) -> None:
+        tftp = self.config.tftp
+        self._listener = self._new_socket(tftp.bind, tftp.port)
+        # Bigger buffers absorb boot-storm bursts of requests and ACKs.
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self._listener.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        self.loop.add_reader(self._listener.fileno(), self._on_listener_readable)
+        self.metrics.up.set(1)
+        log.info(
+            "serving %s on %s port %d (%s mode)",
+            tftp.root,
+            tftp.bind,
+            self.port,
+            "single-port" if tftp.single_port else "standard",
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return int(self._listener.getsockname()[1])
+
+    def _session_socket(self) -> socket.socket:
+        tftp = self.config.tftp
+        if tftp.port_range is None:
+            return self._new_socket(tftp.bind, 0)
+        low, high = tftp.port_range.low, tftp.port_range.high
+        # Random probes, then a bounded scan: ports in use by other transfers are skipped.
+        candidates = [random.randint(low, high) for _ in range(16)]
+        candidates += range(low, min(high, low + 4096) + 1)
+        for port in candidates:
+            try:
+                return self._new_socket(tftp.bind, port)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, "no free port in tftp.port_range")
+
+    def _send(self, sock: socket.socket, datagrams: list[bytes], peer: Address) -> None:
+        for datagram in datagrams:
+            try:
+                sock.sendto(datagram, peer)
+            except (BlockingIOError, InterruptedError):
+                return  # dropped; the retransmit timer recovers
+            except OSError as exc:
+                log.debug("send to %s failed: %s", _peer_text(peer), exc)
+                return
+
+    def _send_error(self, sock: socket.socket, peer: Address, code: ErrorCode, msg: str) -> None:
+        self.metrics.errors.labels(str(int(code))).inc()
+        self._send(sock, [encode_error(code, msg)], peer)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _on_listener_readable(self) -> None:
+        sock = self._listener
+        assert sock is not None
+        for _ in range(RECV_BATCH):
+            try:
+                data, peer = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("listener receive error: %s", exc)
+                continue
+            session = self.sessions.get(peer)
+            if session is not None:
+                if session.sock is sock:
+                    self._on_session_datagram(session, data)
+                # standard mode: a retried request while its transfer runs; the transfer's
+                # own timer resends, so a second transfer is never started.
+                continue
+            self._on_new_datagram(sock, data, peer)
+
+    def _on_session_readable(self, session: Session) -> None:
+        sock = session.sock
+        for _ in range(RECV_BATCH):
+            try:
+                data, peer = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("session receive error: %s", exc)
+                continue
+            if peer != session.peer:
+                # A stranger on this transfer's port: tell it, leave the transfer alone.
+                if self._admit(_client_ip(peer)):
+                    self._send_error(sock, peer, ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
+                continue
+            self._on_session_datagram(session, data)
+            if session.transfer.finished:
+                return
+
+    def _admit(self, ip: str) -> bool:
+        """Per-client rate limit for anything that makes the daemon answer a stranger."""
+        if self.rate_limiter is None or self.rate_limiter.allow(ip, self.loop.time()):
+            return True
+        self.metrics.rate_limited.inc()
+        return False
+
+    def _on_new_datagram(self, sock: socket.socket, data: bytes, peer: Address) -> None:
+        ip = _client_ip(peer)
+        if not self._admit(ip):
+            return  # silent: an answer is what a reflection attack wants
+        try:
+            packet = parse(data)
+        except MalformedPacket as exc:
+            self.metrics.malformed.inc()
+            self._send_error(sock, peer, exc.code, exc.message)
+            return
+        if not isinstance(packet, Request):
+            if not isinstance(packet, Error):  # never answer an ERROR (no loops)
+                self._send_error(sock, peer, ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
+            return
+        if not self.acl.allows(ip):
+            self.metrics.acl_denied.inc()
+            self._send_error(sock, peer, ErrorCode.ACCESS_VIOLATION, "Access denied")
+            return
+        if self.draining:
+            self._send_error(sock, peer, ErrorCode.NOT_DEFINED, "Server shutting down")
+            return
+        self._start_session(sock, packet, peer, ip)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _start_session(self, listener: socket.socket, request: Request, peer: Address, ip: str) -> None:
+        now = self.loop.time()
+        if not self.session_limiter.try_acquire(ip):
+            self._send_error(listener, peer, ErrorCode.NOT_DEFINED, "Server busy, try later")
+            return
+        source: Source | None = None
+        try:
+            transfer: Transfer
+            if request.opcode is Opcode.RRQ:
+                opened = self.store.open_read(request.filename, request.mode == "netascii", now)
+                source = opened.source
+                (self.metrics.cache_hits if opened.cache_hit else self.metrics.cache_misses).inc()
+                params, oack = negotiate(request, self.limits, source.size)
+                transfer = ReadTransfer(source, self.limits, params, oack)
+            else:
+                if not self.config.tftp.write.enabled:
+                    raise ResolveError(ErrorCode.ACCESS_VIOLATION, "Uploads are disabled")
+                params, oack = negotiate(request, self.limits, None)
+                sink = self.store.open_write(request.filename)
+                transfer = WriteTransfer(sink, self.limits, params, oack, request.mode == "netascii")
+        except (ResolveError, NegotiationError) as exc:
+            self.session_limiter.release(ip)
+            if source is not None:
+                source.close()
+            code = exc.code if isinstance(exc, ResolveError) else ErrorCode.OPTION_NEGOTIATION
+            self._send_error(listener, peer, ErrorCode(code), exc.message)
+            self._log_transfer(peer, request, None, 0.0, "refused", exc.message)
+            return
+        except OSError as exc:
+            self.session_limiter.release(ip)
+            if source is not None:
+                source.close()
+            log.error("cannot start transfer of %r: %s", request.filename, exc)
+            self._send_error(listener, peer, ErrorCode.NOT_DEFINED, "Server error")
+            return
+        if self.config.tftp.single_port:
+            sock, own = listener, False
+        else:
+            try:
+                sock, own = self._session_socket(), True
+            except OSError as exc:
+                self.session_limiter.release(ip)
+                if source is not None:
+                    source.close()
+                transfer.cancel()
+                log.error("no socket for a new transfer: %s", exc)
+                self._send_error(listener, peer, ErrorCode.NOT_DEFINED, "Server busy, try later")
+                return
+        session = Session(peer, sock, transfer, request, now, own, source)
+        if own:
+            self.loop.add_reader(sock.fileno(), self._on_session_readable, session)
+        self.sessions[peer] = session
+        self._idle.clear()
+        self.metrics.active_sessions.inc()
+        self._send(sock, transfer.start(now), peer)
+        self._after_event(session)
+
+    def _on_session_datagram(self, session: Session, data: bytes) -> None:
+        try:
+            packet = parse(data)
+        except MalformedPacket as exc:
+            self.metrics.malformed.inc()
+            # Garbage from the real peer ends nothing: its next good packet still counts.
+            log.debug("malformed packet from %s: %s", _peer_text(session.peer), exc.message)
+            return
+        out = session.transfer.receive(packet, self.loop.time())
+        if out:
+            self._send(session.sock, out, session.peer)
+        self._after_event(session)
+
+    def _after_event(self, session: Session) -> None:
+        transfer = session.transfer
+        if transfer.finished:
+            self._close(session)
+            return
+        deadline = transfer.deadline
+        # Timers are moved only when the deadline comes earlier; a later deadline is
+        # picked up when the old timer fires, which keeps the per-packet cost low.
+        if deadline is not None and (session.timer is None or deadline < session.timer.when()):
+            if session.timer is not None:
+                session.timer.cancel()
+            session.timer = self.loop.call_at(deadline, self._on_timer, session)
+
+    def _on_timer(self, session: Session) -> None:
+        session.timer = None
+        transfer = session.transfer
+        if transfer.finished:
+            return
+        now = self.loop.time()
+        if transfer.deadline is not None and transfer.deadline > now:
+            session.timer = self.loop.call_at(transfer.deadline, self._on_timer, session)
+            return
+        before = transfer.retransmits
+        out = transfer.on_timer(now)
+        self.metrics.retransmits.inc(transfer.retransmits - before)
+        if out:
+            self._send(session.sock, out, session.peer)
+        self._after_event(session)
+
+    def _close(self, session: Session) -> None:
+        if self.sessions.get(session.peer) is not session:
+            return
+        del self.sessions[session.peer]
+        if session.timer is not None:
+            session.timer.cancel()
+        if session.own_socket:
+            self.loop.remove_reader(session.sock.fileno())
+            session.sock.close()
+        if session.source is not None:
+            session.source.close()
+        self.session_limiter.release(_client_ip(session.peer))
+        transfer = session.transfer
+        outcome = transfer.outcome.value if transfer.outcome else "unknown"
+        direction = "write" if session.request.is_write else "read"
+        duration = self.loop.time() - session.started
+        self.metrics.active_sessions.dec()
+        self.metrics.transfers.labels(direction, outcome).inc()
+        self.metrics.duration.labels(direction).observe(duration)
+        if direction == "read":
+            self.metrics.bytes_sent.inc(transfer.bytes)
+        else:
+            self.metrics.bytes_received.inc(transfer.bytes)
+        self.metrics.cache_bytes.set(self.cache.current_bytes)
+        self._log_transfer(session.peer, session.request, transfer, duration, outcome, transfer.error)
+        if not self.sessions:
+            self._idle.set()
+
+    def _log_transfer(
+        self,
+        peer: Address,
+        request: Request,
+        transfer: Transfer | None,
+        duration: float,
+        outcome: str,
+        error: str | None,
+    ) -> None:
+        if not self.log_transfers:
+            return
+        record: dict[str, object] = {
+            "event": "transfer",
+            "client": _peer_text(peer),
+            "file": request.filename,
+            "direction": "write" if request.is_write else "read",
+            "mode": request.mode,
+            "bytes": transfer.bytes if transfer else 0,
+            "duration_s": round(duration, 6),
+            "outcome": outcome,
+        }
+        if transfer is not None:
+            record["blksize"] = transfer.params.blksize
+            record["windowsize"] = transfer.params.windowsize
+            record["retransmits"] = transfer.retransmits
+        if error:
+            record["error"] = error
+        if self.json_logs:
+            transfer_log.info(json.dumps(record, ensure_ascii=False))
+        else:
+            transfer_log.info(" ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in record.items()))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new transfers, let running ones finish for up to `timeout`, then cancel."""
+        self.draining = True
+        self.metrics.up.set(0)
+        log.info("draining %d transfer(s) for up to %.0fs", len(self.sessions), timeout)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("drain timeout: cancelling %d transfer(s)", len(self.sessions))
+        for session in list(self.sessions.values()):
+            self._send(session.sock, session.transfer.cancel(), session.peer)
+            self._close(session)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
