@@ -94,8 +94,10 @@ def serve(
     try:
         asyncio.run(run(config, config_path, overrides))
     except PermissionError as exc:
-        _fail(f"cannot bind: {exc}. Ports below 1024 need root or CAP_NET_BIND_SERVICE; "
-              "try --port 6969")
+        _fail(
+            f"cannot bind: {exc}. Ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+            "try --port 6969"
+        )
     except OSError as exc:
         _fail(f"cannot start: {exc}")
 

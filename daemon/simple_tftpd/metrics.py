@@ -60,7 +60,9 @@ class Metrics:
         self.cache_bytes = Gauge(
             "simple_tftpd_cache_bytes", "Bytes held by the hot-file cache", registry=r
         )
-        self.up = Gauge("simple_tftpd_up", "1 while the daemon serves, 0 while draining", registry=r)
+        self.up = Gauge(
+            "simple_tftpd_up", "1 while the daemon serves, 0 while draining", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,7 +42,6 @@ from simple_tftpd.protocol.transfer import (
     Limits,
     NegotiationError,
     ReadTransfer,
-    Transfer,
     WriteTransfer,
     negotiate,
 )
@@ -60,7 +59,7 @@ RECV_BATCH = 64
 class Session:
     peer: Address
     sock: socket.socket
-    transfer: Transfer
+    transfer: ReadTransfer | WriteTransfer
     request: Request
     started: float
     own_socket: bool
@@ -92,6 +91,7 @@ class TftpServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self.cache = ContentCache(0, 0, 0)
+        self.session_limiter = SessionLimiter(0, 0)
         self.apply(config)
 
     # -- configuration --------------------------------------------------------------------
@@ -135,10 +135,7 @@ class TftpServer:
         )
         per_client = ddos.max_sessions_per_client if ddos.enabled else 1 << 30
         max_sessions = config.performance.connection_pool.max_connections
-        if hasattr(self, "session_limiter"):
-            self.session_limiter.reconfigure(max_sessions, per_client)
-        else:
-            self.session_limiter = SessionLimiter(max_sessions, per_client)
+        self.session_limiter.reconfigure(max_sessions, per_client)
         self.json_logs = config.logging.format == "json"
         self.log_transfers = config.logging.transfer_log
 
@@ -282,14 +279,16 @@ class TftpServer:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def _start_session(self, listener: socket.socket, request: Request, peer: Address, ip: str) -> None:
+    def _start_session(
+        self, listener: socket.socket, request: Request, peer: Address, ip: str
+    ) -> None:
         now = self.loop.time()
         if not self.session_limiter.try_acquire(ip):
             self._send_error(listener, peer, ErrorCode.NOT_DEFINED, "Server busy, try later")
             return
         source: Source | None = None
         try:
-            transfer: Transfer
+            transfer: ReadTransfer | WriteTransfer
             if request.opcode is Opcode.RRQ:
                 opened = self.store.open_read(request.filename, request.mode == "netascii", now)
                 source = opened.source
@@ -301,7 +300,9 @@ class TftpServer:
                     raise ResolveError(ErrorCode.ACCESS_VIOLATION, "Uploads are disabled")
                 params, oack = negotiate(request, self.limits, None)
                 sink = self.store.open_write(request.filename)
-                transfer = WriteTransfer(sink, self.limits, params, oack, request.mode == "netascii")
+                transfer = WriteTransfer(
+                    sink, self.limits, params, oack, request.mode == "netascii"
+                )
         except (ResolveError, NegotiationError) as exc:
             self.session_limiter.release(ip)
             if source is not None:
@@ -405,7 +406,9 @@ class TftpServer:
         else:
             self.metrics.bytes_received.inc(transfer.bytes)
         self.metrics.cache_bytes.set(self.cache.current_bytes)
-        self._log_transfer(session.peer, session.request, transfer, duration, outcome, transfer.error)
+        self._log_transfer(
+            session.peer, session.request, transfer, duration, outcome, transfer.error
+        )
         if not self.sessions:
             self._idle.set()
 
@@ -413,7 +416,7 @@ class TftpServer:
         self,
         peer: Address,
         request: Request,
-        transfer: Transfer | None,
+        transfer: ReadTransfer | WriteTransfer | None,
         duration: float,
         outcome: str,
         error: str | None,
@@ -439,7 +442,12 @@ class TftpServer:
         if self.json_logs:
             transfer_log.info(json.dumps(record, ensure_ascii=False))
         else:
-            transfer_log.info(" ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in record.items()))
+            transfer_log.info(
+                " ".join(
+                    f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}"
+                    for k, v in record.items()
+                )
+            )
 
     # -- lifecycle ------------------------------------------------------------------------
 

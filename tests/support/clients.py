@@ -49,7 +49,10 @@ def fetch_curl(host: str, port: int, remote: str, local: Path, blksize: int | No
     argv = ["curl", "-sS", "--max-time", str(CLIENT_TIMEOUT), "-o", str(local)]
     if blksize:
         argv += ["--tftp-blksize", str(blksize)]
-    return _run([*argv, f"tftp://{url_host}:{port}/{remote}"])
+    code = _run([*argv, f"tftp://{url_host}:{port}/{remote}"])
+    if code == 0 and not local.exists():
+        local.touch()  # curl writes no file for an empty download
+    return code
 
 
 def fetch_tftpy(host: str, port: int, remote: str, local: Path, blksize: int | None = None) -> int:

@@ -3,6 +3,7 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from simple_tftpd.content.cache import ContentCache, FileKey
 
 

@@ -3,6 +3,7 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from simple_tftpd.policy import AccessList, AclRule, RateLimiter, SessionLimiter
 
 

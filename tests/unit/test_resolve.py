@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from simple_tftpd.content.resolve import PathResolver, ResolveError
 
 BACKSLASH_TO_SLASH = (r"\\", "/")

@@ -279,7 +279,9 @@ def test_cancel_sends_error_once() -> None:
 # -- writes ----------------------------------------------------------------------------------
 
 
-def writer(options: dict[str, str] | None = None, sink: Sink | None = None, **limits: int) -> tuple[WriteTransfer, Sink]:
+def writer(
+    options: dict[str, str] | None = None, sink: Sink | None = None, **limits: int
+) -> tuple[WriteTransfer, Sink]:
     lim = Limits(**limits)  # type: ignore[arg-type]
     params, oack = negotiate(wrq(options), lim, None)
     sink = sink or Sink()

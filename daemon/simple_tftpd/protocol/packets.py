@@ -128,7 +128,9 @@ def _parse_request(opcode: Opcode, body: bytes) -> Request:
         if not name or len(name) > MAX_OPTION_BYTES or len(value) > MAX_OPTION_BYTES:
             raise MalformedPacket("malformed option", ErrorCode.OPTION_NEGOTIATION)
         # First occurrence wins; a repeated option cannot override a checked one.
-        options.setdefault(name.decode("ascii", "replace").lower(), value.decode("ascii", "replace"))
+        options.setdefault(
+            name.decode("ascii", "replace").lower(), value.decode("ascii", "replace")
+        )
     return Request(opcode, _decode(raw_name), mode, options)
 
 

@@ -138,7 +138,9 @@ def negotiate(
             if tsize > limits.max_upload_bytes:
                 raise NegotiationError("tsize exceeds the upload limit")
             accepted["tsize"] = str(tsize)
-        elif size is not None:
+        elif size:
+            # An empty file's tsize is left out: curl rejects "tsize 0" in an OACK, and
+            # RFC 2347 lets a server decline any option.
             accepted["tsize"] = str(size)
 
     requested_window = _int_option(opts, "windowsize")
@@ -231,7 +233,9 @@ class ReadTransfer(Transfer):
     def _block(self, number: int) -> bytes:
         blksize = self.params.blksize
         offset = (number - 1) * blksize
-        return encode_data(number, self.source.read(offset, min(blksize, self.source.size - offset)))
+        return encode_data(
+            number, self.source.read(offset, min(blksize, self.source.size - offset))
+        )
 
     def _send_window(self) -> list[bytes]:
         first = self._acked + 1

@@ -1,0 +1,55 @@
+"""Fixtures shared by the interop suites: a content root with the edge-case files and one
+real daemon per serving mode, shared by every test of a module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon
+
+# Sizes that hit the protocol's edges at blksize 512 and 1468.
+FILES = {
+    "small.bin": 1000,
+    "empty.bin": 0,
+    "multiple-512.bin": 512 * 4,
+    "multiple-1468.bin": 1468 * 3,
+    # more than 65535 blocks of 512: the block number rolls over to 0
+    "rollover.bin": 512 * 65536 + 300,
+}
+
+needs_clients = pytest.mark.skipif(
+    not all(shutil.which(c) for c in ("tftp", "atftp", "curl")),
+    reason="tftp-hpa, atftp and curl are installed by `make test`",
+)
+
+
+@pytest.fixture(scope="session")
+def content_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("root")
+    for name, size in FILES.items():
+        (root / name).write_bytes(os.urandom(size))
+    (root / "boot").mkdir()
+    (root / "boot" / "grub.cfg").write_bytes(b"set timeout=1\nmenuentry x {\r\n}\n")
+    (root / "uploads").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module", params=["standard", "single-port"])
+def daemon(
+    request: pytest.FixtureRequest, content_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Daemon]:
+    single = request.param == "single-port"
+    running = Daemon(
+        tmp_path_factory.mktemp("daemon"),
+        content_root,
+        {"tftp": {"single_port": single, "write": {"enabled": True, "prefixes": ["uploads/"]}}},
+    ).start()
+    try:
+        yield running
+    finally:
+        running.stop()
