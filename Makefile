@@ -1,0 +1,44 @@
+# Every target sets up what it needs, so `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+APT_PACKAGES := tftp-hpa atftp curl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps run test lint unit interop bench clean
+
+.venv/.synced: pyproject.toml uv.lock
+	$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen --all-extras
+	touch $@
+
+setup: .venv/.synced
+
+# Real TFTP clients from Debian for the interop tests.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# The daemon on the embedded default: ./tftpboot on UDP 69, API on 8080.
+run: setup
+	$(UV) run simple-tftpd serve
+
+lint: setup
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+
+unit: setup
+	$(UV) run pytest tests/unit -q
+
+interop: setup system-deps
+	$(UV) run pytest tests/interop -q
+
+test: setup system-deps lint
+	$(UV) run pytest -q
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
