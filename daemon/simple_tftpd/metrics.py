@@ -1,8 +1,18 @@
-"""Prometheus metrics of one daemon, in a registry of its own (tests run several daemons)."""
+"""Prometheus metrics of one daemon, in a registry of its own (tests run several daemons).
+
+With several worker processes, prometheus-client's multiprocess mode is on (the supervisor
+sets PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client): each worker writes
+its values to files there and the supervisor's API adds them up. Gauges say how.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -24,7 +34,10 @@ class Metrics:
             "simple_tftpd_received_bytes", "File bytes received in uploads", registry=r
         )
         self.active_sessions = Gauge(
-            "simple_tftpd_active_sessions", "Transfers in progress", registry=r
+            "simple_tftpd_active_sessions",
+            "Transfers in progress",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.duration = Histogram(
             "simple_tftpd_transfer_duration_seconds",
@@ -58,11 +71,24 @@ class Metrics:
             "simple_tftpd_cache_misses", "Hot-file cache misses", registry=r
         )
         self.cache_bytes = Gauge(
-            "simple_tftpd_cache_bytes", "Bytes held by the hot-file cache", registry=r
+            "simple_tftpd_cache_bytes",
+            "Bytes held by the hot-file cache",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.up = Gauge(
-            "simple_tftpd_up", "1 while the daemon serves, 0 while draining", registry=r
+            "simple_tftpd_up",
+            "Worker processes serving TFTP (0 while draining)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def render_all_workers() -> bytes:
+    """The sum over every worker process (multiprocess mode only)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, os.environ[MULTIPROC_ENV])  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

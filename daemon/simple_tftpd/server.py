@@ -82,8 +82,9 @@ def _peer_text(peer: Address) -> str:
 
 
 class TftpServer:
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, workers: int = 1) -> None:
         self.metrics = metrics
+        self.workers = workers
         self.loop = asyncio.get_running_loop()
         self.sessions: dict[Address, Session] = {}
         self.draining = False
@@ -92,13 +93,20 @@ class TftpServer:
         self._idle.set()
         self.cache = ContentCache(0, 0, 0)
         self.session_limiter = SessionLimiter(0, 0)
+        self.rate_limiter: RateLimiter | None = None
         self.apply(config)
 
     # -- configuration --------------------------------------------------------------------
 
     def apply(self, config: Config) -> None:
-        """Take a (re)loaded config: policy, limits and cache change; sockets stay."""
+        """Take a (re)loaded config: policy, limits and cache change; sockets stay.
+
+        With N worker processes each worker holds 1/N of the shared budgets (sessions,
+        cache bytes, per-client rate and burst): the kernel spreads clients over workers,
+        so the sum is close to what the config says without shared state on the hot path.
+        """
         self.config = config
+        share = self.workers
         tftp, ddos = config.tftp, config.security.network.ddos_protection
         cache = config.performance.cache
         self.limits = Limits(
@@ -112,7 +120,7 @@ class TftpServer:
         mib = 1 << 20
         if cache.enabled:
             self.cache.reconfigure(
-                cache.max_size_mb * mib, cache.ttl_seconds, cache.max_file_size_mb * mib
+                cache.max_size_mb * mib // share, cache.ttl_seconds, cache.max_file_size_mb * mib
             )
         else:
             self.cache.reconfigure(0, 0, 0)
@@ -130,21 +138,29 @@ class TftpServer:
             if firewall.enabled and rule.protocol == "udp" and rule.covers_port(tftp.port)
         ]
         self.acl = AccessList(rules, firewall.default_action if firewall.enabled else "allow")
-        self.rate_limiter: RateLimiter | None = (
-            RateLimiter(ddos.rate_limit, ddos.burst) if ddos.enabled else None
-        )
-        per_client = ddos.max_sessions_per_client if ddos.enabled else 1 << 30
-        max_sessions = config.performance.connection_pool.max_connections
+        rate, burst = ddos.rate_limit / share, -(-ddos.burst // share)
+        if not ddos.enabled:
+            self.rate_limiter = None
+        elif self.rate_limiter is None:
+            self.rate_limiter = RateLimiter(rate, burst)
+        else:
+            self.rate_limiter.reconfigure(rate, burst)  # keeps the buckets across SIGHUP
+        per_client = -(-ddos.max_sessions_per_client // share) if ddos.enabled else 0
+        max_sessions = -(-config.performance.connection_pool.max_connections // share)
         self.session_limiter.reconfigure(max_sessions, per_client)
         self.json_logs = config.logging.format == "json"
         self.log_transfers = config.logging.transfer_log
 
     # -- sockets --------------------------------------------------------------------------
 
-    def _new_socket(self, bind: str, port: int) -> socket.socket:
+    def _new_socket(self, bind: str, port: int, reuse_port: bool = False) -> socket.socket:
         family = _family_for(bind)
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if reuse_port:
+                # Worker processes share the port; the kernel hashes each client ip:port to
+                # one of them, so a session's packets always reach the worker that owns it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and bind == "::":
                 # "::" serves IPv4 too (clients appear as ::ffff:a.b.c.d).
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -157,7 +173,7 @@ class TftpServer:
 
     def start(self) -> None:
         tftp = self.config.tftp
-        self._listener = self._new_socket(tftp.bind, tftp.port)
+        self._listener = self._new_socket(tftp.bind, tftp.port, reuse_port=self.workers > 1)
         # Bigger buffers absorb boot-storm bursts of requests and ACKs.
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self._listener.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)

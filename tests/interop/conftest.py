@@ -47,7 +47,11 @@ def daemon(
     running = Daemon(
         tmp_path_factory.mktemp("daemon"),
         content_root,
-        {"tftp": {"single_port": single, "write": {"enabled": True, "prefixes": ["uploads/"]}}},
+        {
+            "tftp": {"single_port": single, "write": {"enabled": True, "prefixes": ["uploads/"]}},
+            # Two workers sharing the port, as on a production node.
+            "performance": {"thread_pool": {"workers": 2}},
+        },
     ).start()
     try:
         yield running

@@ -59,6 +59,8 @@ class Daemon:
         base = {
             "tftp": {"bind": "::", "port": self.port, "root": str(root), "timeout": 0.5},
             "api": {"bind": "127.0.0.1", "port": self.api_port},
+            # One process unless a test asks for workers: policy counts stay exact.
+            "performance": {"thread_pool": {"workers": 1}},
         }
         self.config = deep_merge(base, config or {})
         self.config_path = workdir / f"daemon-{self.port}.json"
