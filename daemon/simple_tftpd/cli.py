@@ -19,17 +19,10 @@ from simple_tftpd.config import Config, ConfigError, apply_overrides, load_confi
 def _setup_logging(config: Config) -> None:
     level = getattr(logging, config.logging.level.upper())
     if config.logging.format == "json":
-        # Transfer records are JSON already; other lines get a minimal JSON envelope.
         fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-        logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-        logging.getLogger("simple_tftpd.transfer").propagate = False
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger("simple_tftpd.transfer").addHandler(handler)
     else:
-        logging.basicConfig(
-            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-        )
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
 
 
 def _fail(message: str) -> None:

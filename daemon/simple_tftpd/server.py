@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import json
 import logging
 import random
 import socket
@@ -45,9 +44,9 @@ from simple_tftpd.protocol.transfer import (
     WriteTransfer,
     negotiate,
 )
+from simple_tftpd.transfer_log import TransferLog
 
 log = logging.getLogger("simple_tftpd.server")
-transfer_log = logging.getLogger("simple_tftpd.transfer")
 
 Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 RECV_SIZE = 65536
@@ -94,6 +93,7 @@ class TftpServer:
         self.cache = ContentCache(0, 0, 0)
         self.session_limiter = SessionLimiter(0, 0)
         self.rate_limiter: RateLimiter | None = None
+        self.transfer_log = TransferLog(json_lines=False)
         self.apply(config)
 
     # -- configuration --------------------------------------------------------------------
@@ -148,7 +148,7 @@ class TftpServer:
         per_client = -(-ddos.max_sessions_per_client // share) if ddos.enabled else 0
         max_sessions = -(-config.performance.connection_pool.max_connections // share)
         self.session_limiter.reconfigure(max_sessions, per_client)
-        self.json_logs = config.logging.format == "json"
+        self.transfer_log.json_lines = config.logging.format == "json"
         self.log_transfers = config.logging.transfer_log
 
     # -- sockets --------------------------------------------------------------------------
@@ -357,6 +357,14 @@ class TftpServer:
         self._after_event(session)
 
     def _on_session_datagram(self, session: Session, data: bytes) -> None:
+        transfer = session.transfer
+        if data[:2] == b"\x00\x04" and len(data) >= 4 and isinstance(transfer, ReadTransfer):
+            # The per-block hot path: an ACK during a read, without building a packet object.
+            out = transfer.on_ack((data[2] << 8) | data[3], self.loop.time())
+            if out:
+                self._send(session.sock, out, session.peer)
+            self._after_event(session)
+            return
         try:
             packet = parse(data)
         except MalformedPacket as exc:
@@ -364,7 +372,7 @@ class TftpServer:
             # Garbage from the real peer ends nothing: its next good packet still counts.
             log.debug("malformed packet from %s: %s", _peer_text(session.peer), exc.message)
             return
-        out = session.transfer.receive(packet, self.loop.time())
+        out = transfer.receive(packet, self.loop.time())
         if out:
             self._send(session.sock, out, session.peer)
         self._after_event(session)
@@ -455,15 +463,7 @@ class TftpServer:
             record["retransmits"] = transfer.retransmits
         if error:
             record["error"] = error
-        if self.json_logs:
-            transfer_log.info(json.dumps(record, ensure_ascii=False))
-        else:
-            transfer_log.info(
-                " ".join(
-                    f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}"
-                    for k, v in record.items()
-                )
-            )
+        self.transfer_log.record(record)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -481,6 +481,7 @@ class TftpServer:
             self._close(session)
 
     def close(self) -> None:
+        self.transfer_log.flush()
         if self._listener is not None:
             self.loop.remove_reader(self._listener.fileno())
             self._listener.close()

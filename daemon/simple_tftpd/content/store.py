@@ -21,6 +21,11 @@ from simple_tftpd.protocol.transfer import SinkError
 UPLOAD_PREFIX = ".simple-tftpd-upload-"
 # netascii is converted in memory; cap it so a request cannot make the daemon hold a huge file.
 MAX_NETASCII_BYTES = 64 << 20
+# Resolved names are reused for this long: a boot storm asks for the same few names thousands
+# of times, and realpath is the costliest step of a small request. The window is no wider in
+# kind than the one between any realpath and open; the open itself refuses a final symlink.
+RESOLVE_TTL = 1.0
+RESOLVE_CACHE_ENTRIES = 4096
 
 
 class BytesSource:
@@ -110,7 +115,7 @@ class UploadSink:
 @dataclass(frozen=True, slots=True)
 class Opened:
     source: Source
-    path: Path
+    path: str
     cache_hit: bool
 
 
@@ -127,21 +132,36 @@ class ContentStore:
         self.cache = cache
         self.upload_prefixes = tuple(upload_prefixes)
         self.overwrite = overwrite
+        self._resolved: dict[str, tuple[float, str]] = {}
+
+    def _resolve(self, filename: str, now: float) -> str:
+        hit = self._resolved.get(filename)
+        if hit is not None and now - hit[0] < RESOLVE_TTL:
+            return hit[1]
+        path = str(self.resolver.resolve_read(filename))
+        if os.path.basename(path).startswith(UPLOAD_PREFIX):
+            raise ResolveError(ErrorCode.FILE_NOT_FOUND, "File not found")
+        if len(self._resolved) >= RESOLVE_CACHE_ENTRIES:
+            self._resolved.clear()
+        self._resolved[filename] = (now, path)
+        return path
 
     def open_read(self, filename: str, netascii_mode: bool, now: float) -> Opened:
-        path = self.resolver.resolve_read(filename)
-        if path.name.startswith(UPLOAD_PREFIX):
-            raise ResolveError(ErrorCode.FILE_NOT_FOUND, "File not found")
+        path = self._resolve(filename, now)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError as exc:
+            self._resolved.pop(filename, None)
+            raise ResolveError(ErrorCode.FILE_NOT_FOUND, "File not found") from exc
         except OSError as exc:
+            self._resolved.pop(filename, None)
             raise ResolveError(ErrorCode.ACCESS_VIOLATION, "Access violation") from exc
         try:
             st = os.fstat(fd)
             # Re-checked on the open descriptor: the path may have been swapped since.
             if not stat.S_ISREG(st.st_mode):
                 raise ResolveError(ErrorCode.ACCESS_VIOLATION, "Access violation")
-            key = FileKey.from_stat(str(path), st)
+            key = FileKey.from_stat(path, st)
             data = self.cache.get(key, now)
             if data is not None:
                 os.close(fd)

@@ -247,25 +247,35 @@ class ReadTransfer(Transfer):
         if self.finished:
             return []
         if isinstance(packet, Ack):
-            # Map the 16-bit number onto the outstanding range (acked, sent].
-            block = self._acked + ((packet.block - self._acked) & 0xFFFF)
-            if block > self._sent or block == self._acked:
-                # Stale or duplicate ACK: never resend on it (Sorcerer's Apprentice);
-                # the timer covers genuine loss.
-                return []
-            self._progress()
-            self.bytes = min(block * self.params.blksize, self.source.size)
-            self._acked = block
-            if block == self.last_block:
-                self._finish(Outcome.OK)
-                return []
-            self._arm(now)
-            return self._send_window()
+            return self.on_ack(packet.block, now)
         if isinstance(packet, Error):
             return self._peer_error(packet)
         if isinstance(packet, Request):
             return []  # a retried request: the timer resends
         return self._fail(ErrorCode.ILLEGAL_OPERATION, "unexpected packet during read")
+
+    def on_ack(self, wire_block: int, now: float) -> list[bytes]:
+        """An ACK (the per-block hot path: the I/O layer calls it without building a packet)."""
+        if self.outcome is not None:
+            return []
+        # Map the 16-bit number onto the outstanding range (acked, sent].
+        block = self._acked + ((wire_block - self._acked) & 0xFFFF)
+        if block > self._sent or block == self._acked:
+            # Stale or duplicate ACK: never resend on it (Sorcerer's Apprentice);
+            # the timer covers genuine loss.
+            return []
+        self._progress()
+        self._acked = block
+        if block == self.last_block:
+            self._finish(Outcome.OK)
+            return []
+        self.deadline = now + self.params.timeout
+        return self._send_window()
+
+    def _finish(self, outcome: Outcome, error: str | None = None) -> None:
+        # Counted once at the end instead of on every ACK: bytes the client acknowledged.
+        self.bytes = min(max(self._acked, 0) * self.params.blksize, self.source.size)
+        super()._finish(outcome, error)
 
     def on_timer(self, now: float) -> list[bytes]:
         if self.finished or self.deadline is None or now < self.deadline:
