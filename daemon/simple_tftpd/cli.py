@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import sys
@@ -14,15 +13,7 @@ import click
 
 from simple_tftpd import __version__
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
-
-
-def _setup_logging(config: Config) -> None:
-    level = getattr(logging, config.logging.level.upper())
-    if config.logging.format == "json":
-        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+from simple_tftpd.logs import setup_logging
 
 
 def _fail(message: str) -> None:
@@ -83,7 +74,7 @@ def serve(
             content_root.mkdir(parents=True, exist_ok=True)
         else:
             _fail(f"tftp.root: {content_root} is not a directory; create it or set --root")
-    _setup_logging(config)
+    setup_logging(config)
     try:
         sys.exit(_serve(config, config_path, overrides))
     except PermissionError as exc:
@@ -127,7 +118,6 @@ def worker() -> None:
     """A worker process of a multi-worker daemon (started by `serve`, not by hand)."""
     from simple_tftpd.daemon import run_worker
 
-    _setup_logging(load_config(None))
     run_worker()
 
 

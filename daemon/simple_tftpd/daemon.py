@@ -30,6 +30,7 @@ from aiohttp import web
 from simple_tftpd import __version__
 from simple_tftpd.api import build_app
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
+from simple_tftpd.logs import setup_logging
 from simple_tftpd.metrics import Metrics, render_all_workers
 from simple_tftpd.server import TftpServer
 
@@ -294,6 +295,7 @@ def run_worker() -> None:
         k: Path(v) if k == "root" and v is not None else v for k, v in spec["overrides"].items()
     }
     config = apply_overrides(load_config(config_path), **overrides)
+    setup_logging(config)
     run_event_loop(Daemon(config, config_path, overrides, workers=spec["workers"]).run())
 
 
