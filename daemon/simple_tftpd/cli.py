@@ -100,7 +100,9 @@ def _serve(config: Config, config_path: Path | None, overrides: dict[str, object
 
         # Bind once here so a busy or privileged port fails loudly before workers start.
         _probe_bind(config)
-        return run_event_loop(Supervisor(config, config_path, overrides, workers).run())
+        supervisor = Supervisor(config, config_path, overrides, workers)
+        supervisor.start_workers()
+        return run_event_loop(supervisor.run())
 
 
 def _worker_count(config: Config) -> int:
@@ -111,14 +113,6 @@ def _probe_bind(config: Config) -> None:
     family = socket.AF_INET6 if ":" in config.tftp.bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.bind((config.tftp.bind, config.tftp.port))
-
-
-@main.command("worker", hidden=True)
-def worker() -> None:
-    """A worker process of a multi-worker daemon (started by `serve`, not by hand)."""
-    from simple_tftpd.daemon import run_worker
-
-    run_worker()
 
 
 @main.command("check-config")

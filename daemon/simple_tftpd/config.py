@@ -551,9 +551,9 @@ class ThreadPoolConfig(ConfigModel):
 
 class CacheConfig(ConfigModel):
     enabled: bool = True
-    max_size_mb: int = Field(default=256, ge=0, le=65536)
+    max_size_mb: int = Field(default=64, ge=0, le=65536)
     ttl_seconds: float = Field(default=300, ge=0, le=86400)
-    max_file_size_mb: int = Field(default=64, ge=0, le=65536)
+    max_file_size_mb: int = Field(default=8, ge=0, le=65536)
 
 
 class PerformanceConfig(ConfigModel):

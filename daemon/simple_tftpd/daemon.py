@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -30,14 +27,12 @@ from aiohttp import web
 from simple_tftpd import __version__
 from simple_tftpd.api import build_app
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
-from simple_tftpd.logs import setup_logging
 from simple_tftpd.metrics import Metrics, render_all_workers
 from simple_tftpd.server import TftpServer
 
 log = logging.getLogger("simple_tftpd")
 
 T = TypeVar("T")
-WORKER_SPEC_ENV = "SIMPLE_TFTPD_WORKER"
 # A worker that keeps dying is not restarted in a tight loop.
 RESTART_BACKOFF = 1.0
 
@@ -165,7 +160,11 @@ class Daemon(ApiHost):
 
 
 class Supervisor(ApiHost):
-    """Serves the API and keeps N worker processes running."""
+    """Serves the API and keeps N worker processes running.
+
+    Workers are forked, not spawned: they share the supervisor's imported code and config
+    pages copy-on-write, which keeps the whole daemon's memory (PSS) close to one process.
+    """
 
     def __init__(
         self, config: Config, config_path: Path | None, overrides: dict[str, Any], workers: int
@@ -176,23 +175,30 @@ class Supervisor(ApiHost):
         self.workers = workers
         self.started = time.monotonic()
         self.draining = False
-        self.processes: list[subprocess.Popen[bytes] | None] = [None] * workers
+        self.pids: list[int | None] = [None] * workers
         self._stop = asyncio.Event()
 
-    def _spawn(self, index: int) -> None:
-        spec = {
-            "config_path": str(self.config_path) if self.config_path else None,
-            "overrides": {
-                k: str(v) if isinstance(v, Path) else v for k, v in self.overrides.items()
-            },
-            "index": index,
-            "workers": self.workers,
-        }
-        env = {**os.environ, WORKER_SPEC_ENV: json.dumps(spec)}
-        self.processes[index] = subprocess.Popen(
-            [sys.executable, "-m", "simple_tftpd", "worker"], env=env
-        )
-        log.info("worker %d started (pid %d)", index, self.processes[index].pid)  # type: ignore[union-attr]
+    def start_workers(self) -> None:
+        """Fork every worker; called before the supervisor's own event loop exists."""
+        for index in range(self.workers):
+            self._fork(index)
+
+    def _fork(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _forget_parent_loop()
+                daemon = Daemon(self.config, self.config_path, self.overrides, self.workers)
+                run_event_loop(daemon.run())
+                code = 0
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.pids[index] = pid
+        log.info("worker %d started (pid %d)", index, pid)
 
     def _aggregate(self, name: str) -> float:
         for line in self.render_metrics().decode().splitlines():
@@ -217,7 +223,7 @@ class Supervisor(ApiHost):
             **self._base_status(),
             "draining": self.draining,
             "workers": self.workers,
-            "worker_pids": [p.pid for p in self.processes if p is not None],
+            "worker_pids": [pid for pid in self.pids if pid is not None],
             "active_sessions": int(self._aggregate("simple_tftpd_active_sessions")),
             "tftp_port": self.config.tftp.port,
         }
@@ -226,9 +232,10 @@ class Supervisor(ApiHost):
         return render_all_workers()
 
     def _signal_workers(self, signum: int) -> None:
-        for process in self.processes:
-            if process is not None and process.poll() is None:
-                process.send_signal(signum)
+        for pid in self.pids:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
 
     def reload(self) -> None:
         new = reload_config(self.config, self.config_path, self.overrides)
@@ -237,47 +244,62 @@ class Supervisor(ApiHost):
             self._signal_workers(signal.SIGHUP)  # each worker re-reads and re-checks the file
             log.info("SIGHUP: configuration reloaded")
 
+    def _reap(self) -> list[tuple[int, int]]:
+        """(index, exit code) of workers that have exited since the last call."""
+        exited = []
+        for index, pid in enumerate(self.pids):
+            if pid is None:
+                continue
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self.pids[index] = None
+                _remove_worker_files(pid)
+                exited.append((index, os.waitstatus_to_exitcode(status)))
+        return exited
+
     async def _watch(self) -> None:
         """Restart workers that die while we are not stopping."""
         while not self._stop.is_set():
-            for index, process in enumerate(self.processes):
-                if process is not None and process.poll() is not None:
-                    log.error("worker %d exited with %s; restarting", index, process.returncode)
-                    _remove_worker_files(process.pid)
-                    self._spawn(index)
+            for index, code in self._reap():
+                log.error("worker %d exited with %s; restarting", index, code)
+                self._fork(index)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), RESTART_BACKOFF)
 
     async def run(self) -> int:
-        for index in range(self.workers):
-            self._spawn(index)
         runner = await self.start_api()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        watcher = asyncio.create_task(self._watch())
-        await self._stop.wait()
-        await watcher
+        await self._watch()
         log.info("shutdown requested: draining %d workers", self.workers)
         self.draining = True
         self._signal_workers(signal.SIGTERM)
         deadline = time.monotonic() + self.config.tftp.drain_timeout + 10
         codes = []
-        for process in self.processes:
-            if process is None:
-                continue
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                codes.append(await asyncio.to_thread(process.wait, remaining))
-            except subprocess.TimeoutExpired:
-                log.error("worker pid %d did not stop; killing it", process.pid)
-                process.kill()
-                codes.append(await asyncio.to_thread(process.wait, 5))
+        while any(pid is not None for pid in self.pids) and time.monotonic() < deadline:
+            codes += [code for _, code in self._reap()]
+            await asyncio.sleep(0.05)
+        if any(pid is not None for pid in self.pids):
+            log.error("workers did not stop in time; killing them")
+            self._signal_workers(signal.SIGKILL)
+            for pid in self.pids:
+                if pid is not None:
+                    os.waitpid(pid, 0)
+                    codes.append(-signal.SIGKILL)
         if runner is not None:
             await runner.cleanup()
         log.info("stopped")
         return 0 if all(code == 0 for code in codes) else 1
+
+
+def _forget_parent_loop() -> None:
+    """In a forked worker: drop the supervisor's loop state so a fresh loop can run."""
+    asyncio.events._set_running_loop(None)
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def _remove_worker_files(pid: int) -> None:
@@ -285,18 +307,6 @@ def _remove_worker_files(pid: int) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-def run_worker() -> None:
-    """Entry of a worker process: the spec comes from the supervisor's environment."""
-    spec = json.loads(os.environ[WORKER_SPEC_ENV])
-    config_path = Path(spec["config_path"]) if spec["config_path"] else None
-    overrides = {
-        k: Path(v) if k == "root" and v is not None else v for k, v in spec["overrides"].items()
-    }
-    config = apply_overrides(load_config(config_path), **overrides)
-    setup_logging(config)
-    run_event_loop(Daemon(config, config_path, overrides, workers=spec["workers"]).run())
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
