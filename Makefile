@@ -40,5 +40,15 @@ interop: setup system-deps
 test: setup system-deps lint
 	$(UV) run pytest -q
 
+# Side-by-side benchmark against tftpd-hpa, atftpd and tftpy (peers fetched by the harness);
+# rewrites docs/benchmarks.md (`make bench ARGS=--quick`: a small run into benchmarks/results/).
+bench: setup system-deps
+	$(UV) run python benchmarks/run.py $(ARGS)
+
+# Seconds-long run of the harness itself against simple-tftpd only (no peers, no apt).
+.PHONY: bench-smoke
+bench-smoke: setup system-deps
+	$(UV) run python benchmarks/run.py --quick --servers simple-tftpd --repeats 1 --out /tmp/simple-tftpd-bench-smoke.md
+
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

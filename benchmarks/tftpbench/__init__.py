@@ -1,0 +1,1 @@
+"""Side-by-side TFTP server benchmark harness behind `make bench` (entry point: run.py)."""
