@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
-APT_PACKAGES := tftp-hpa atftp curl
+# Real TFTP clients, etcd for the cluster tests, QEMU + iPXE for the firmware boot test,
+# debootstrap + systemd-nspawn for the test hosts.
+APT_PACKAGES := tftp-hpa atftp curl etcd-server qemu-system-x86 ipxe-qemu debootstrap \
+	systemd-container iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps run test lint unit interop bench clean
