@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from simple_tftpd import http_boot
+
 if TYPE_CHECKING:
     from simple_tftpd.daemon import ApiHost
 
@@ -42,4 +44,5 @@ def build_app(host: ApiHost) -> web.Application:
     app.router.add_get("/api/v1/ready", ready)
     app.router.add_get("/api/v1/status", status)
     app.router.add_get("/api/v1/metrics/prometheus", metrics)
+    http_boot.add_routes(app, host)
     return app

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from simple_tftpd import __version__
+from simple_tftpd.cluster import commands as cluster_commands
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
 from simple_tftpd.logs import setup_logging
 
@@ -136,3 +137,7 @@ def check_config(config_file: Path, quiet: bool) -> None:
 def version() -> None:
     """Print the version."""
     click.echo(__version__)
+
+
+cluster_commands.register(main)
+cluster_commands.register_site_sync(main)

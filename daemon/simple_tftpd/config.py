@@ -42,8 +42,11 @@ __all__ = [
     "DdosProtectionConfig",
     "FirewallConfig",
     "FirewallRule",
+    "GeneratedFileRule",
+    "HttpBootConfig",
     "LoggingConfig",
     "MultiSiteConfig",
+    "NetbootConfig",
     "NetworkSecurityConfig",
     "NodeConfig",
     "PeerSite",
@@ -406,6 +409,13 @@ class ClusteringConfig(ConfigModel):
     min_nodes: ClusterSize = 3
     max_nodes: ClusterSize = 7
     replication: ReplicationConfig = ReplicationConfig()
+    # Where this node keeps its content-addressed blobs (sha256), next to nothing else.
+    state_dir: FsPath = Path("cluster-state")
+    # host:port at which the other nodes reach this node's API (blob transfer); needed when
+    # api.bind is a wildcard address.
+    advertise: HostPort | None = None
+    # A full reconcile with the manifest this often, on top of the watch (self-healing).
+    resync_seconds: float = Field(default=30.0, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -562,6 +572,111 @@ class PerformanceConfig(ConfigModel):
     cache: CacheConfig = CacheConfig()
 
 
+# --- netboot: generated per-machine files and HTTP boot -------------------------------------------
+
+# The placeholders a generated-file pattern may use; the renderer (content/generated.py) gives
+# each a strict syntax, so a matched value can never carry "/" or "..".
+NETBOOT_PLACEHOLDERS = ("mac", "ip", "hostname")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_URL_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _check_relative_path(value: str) -> str:
+    # Names below the content root, written the way clients ask for them.
+    if not value or value.startswith("/") or "\\" in value or "\x00" in value:
+        raise ValueError('must be a non-empty relative path using "/", e.g. "netboot/hosts.yaml"')
+    if any(part in ("", ".", "..") for part in value.split("/")):
+        raise ValueError('must not contain "..", "." or empty path segments')
+    return value
+
+
+def _check_generated_pattern(value: str) -> str:
+    _check_relative_path(value)
+    names = _PLACEHOLDER_RE.findall(value)
+    for name in names:
+        if name not in NETBOOT_PLACEHOLDERS:
+            raise ValueError(
+                f'unknown placeholder "{{{name}}}"; use {{mac}}, {{ip}} or {{hostname}}'
+            )
+        if names.count(name) > 1:
+            raise ValueError(f'placeholder "{{{name}}}" is used more than once')
+    rest = _PLACEHOLDER_RE.sub("", value)
+    if "{" in rest or "}" in rest:
+        raise ValueError('unbalanced "{" or "}"; placeholders are {mac}, {ip} and {hostname}')
+    return value
+
+
+def _check_url_prefix(value: str) -> str:
+    if value == "/":
+        return value
+    parts = value.split("/")
+    if (
+        parts[0] != ""
+        or not all(_URL_SEGMENT_RE.fullmatch(part) for part in parts[1:])
+        or any(part in (".", "..") for part in parts)
+    ):
+        raise ValueError(
+            'must be "/" or a path such as "/boot": a leading "/", no trailing "/", segments of '
+            "letters, digits, '.', '_', '~' or '-'"
+        )
+    return value
+
+
+RelativePath = Annotated[str, AfterValidator(_check_relative_path)]
+
+
+class GeneratedFileRule(ConfigModel):
+    # e.g. "pxelinux.cfg/01-{mac}", "grub/grub.cfg-{mac}", "{ip}.ipxe", "pxelinux.cfg/default"
+    pattern: Annotated[str, AfterValidator(_check_generated_pattern)]
+    # Relative to netboot.templates_dir.
+    template: RelativePath
+    # null: "not_found" when the pattern names the machine (so PXE firmware falls through to
+    # its next candidate, e.g. pxelinux.cfg/default), "render" for a fixed name.
+    unknown_host: Literal["not_found", "render"] | None = None
+
+
+class HttpBootConfig(ConfigModel):
+    enabled: bool = False
+    # null: served by the management API server, beside the API; a number: a listener of its own.
+    port: Port | None = None
+    bind: IpLiteral = "0.0.0.0"
+    path_prefix: Annotated[str, AfterValidator(_check_url_prefix)] = "/boot"
+
+
+class NetbootConfig(ConfigModel):
+    enabled: bool = False
+    # Both live in the content tree (so they replicate like any content) and are never served.
+    templates_dir: RelativePath = "netboot/templates"
+    hosts_file: RelativePath = "netboot/hosts.yaml"
+    max_render_bytes: int = Field(default=1 << 20, ge=1, le=64 << 20)
+    generated: list[GeneratedFileRule] = []
+    http: HttpBootConfig = HttpBootConfig()
+
+    @model_validator(mode="after")
+    def _rules_usable(self) -> Self:
+        if self.enabled and not self.generated:
+            raise _FieldProblem(
+                ("generated",),
+                "netboot is enabled but no generated file is set; add e.g. "
+                '{"pattern": "pxelinux.cfg/01-{mac}", "template": "pxelinux.j2"}',
+            )
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(self.generated):
+            if rule.pattern in seen:
+                raise _FieldProblem(
+                    ("generated", index, "pattern"),
+                    f"duplicate pattern (first used by generated[{seen[rule.pattern]}])",
+                )
+            seen[rule.pattern] = index
+        if _path_within(self.hosts_file, self.templates_dir):
+            raise _FieldProblem(("hosts_file",), "must not be inside templates_dir")
+        return self
+
+
+def _path_within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 class Config(ConfigModel):
     node: NodeConfig = NodeConfig()
     tftp: TftpConfig = TftpConfig()
@@ -572,6 +687,80 @@ class Config(ConfigModel):
     backup: BackupConfig = BackupConfig()
     security: SecurityConfig = SecurityConfig()
     performance: PerformanceConfig = PerformanceConfig()
+    netboot: NetbootConfig = NetbootConfig()
+
+    @model_validator(mode="after")
+    def _netboot_consistent(self) -> Self:
+        netboot, http = self.netboot, self.netboot.http
+        if http.enabled and not self.api.enabled:
+            # HTTP boot runs in the process that serves the API (the supervisor with workers).
+            raise _FieldProblem(
+                ("netboot", "http", "enabled"), "HTTP boot runs beside the API; set api.enabled"
+            )
+        if http.enabled and http.port is None:
+            if http.path_prefix == "/" or _path_within(http.path_prefix.lstrip("/"), "api"):
+                raise _FieldProblem(
+                    ("netboot", "http", "path_prefix"),
+                    'on the API server the prefix must not be "/" or under "/api"; use e.g. '
+                    '"/boot", or give HTTP boot a port of its own',
+                )
+        elif http.enabled and http.port == self.api.port:
+            raise _FieldProblem(
+                ("netboot", "http", "port"),
+                "is the API port; set it to null to serve HTTP boot on the API server",
+            )
+        if netboot.enabled and self.tftp.write.enabled:
+            # Uploads into the templates or the hosts file would let a client write the
+            # code and data that generate other machines' boot files.
+            for index, prefix in enumerate(self.tftp.write.prefixes):
+                directory = prefix.strip("/")
+                for private in (netboot.templates_dir, netboot.hosts_file):
+                    if _path_within(private, directory) or _path_within(directory, private):
+                        raise _FieldProblem(
+                            ("tftp", "write", "prefixes", index),
+                            f'overlaps netboot file "{private}"; uploads must not reach '
+                            "templates or the hosts file",
+                        )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_api(self) -> Self:
+        if not self.clustering.enabled:
+            return self
+        # Nodes pull blobs from each other through the API, authenticated by the token.
+        if not self.api.enabled:
+            raise _FieldProblem(("api", "enabled"), "clustering needs the API; set it to true")
+        if self.api.token is None:
+            raise _FieldProblem(
+                ("api", "token"),
+                "clustering is enabled but no API token is set; set the same token "
+                "(16+ characters) on every node",
+            )
+        if self.clustering.advertise is None and self.api.bind in ("0.0.0.0", "::"):
+            raise _FieldProblem(
+                ("clustering", "advertise"),
+                f"api.bind is {self.api.bind}; set the host:port other nodes use to reach "
+                "this node's API",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sync_needs_cluster(self) -> Self:
+        sync = self.multi_site.sync
+        if not (self.multi_site.enabled and sync.enabled):
+            return self
+        # The site leader runs the sync and the manifest it fills lives in etcd.
+        if not self.clustering.enabled:
+            raise _FieldProblem(
+                ("multi_site", "sync", "enabled"),
+                "site sync needs clustering; set clustering.enabled (etcd) first",
+            )
+        if sync.token is None:
+            raise _FieldProblem(
+                ("multi_site", "sync", "token"),
+                "site sync is enabled but no token is set; set the same token on every site",
+            )
+        return self
 
     def summary(self) -> dict[str, object]:
         """A small, JSON-friendly overview for status endpoints; never contains secrets."""
@@ -588,6 +777,8 @@ class Config(ConfigModel):
             "multi_site_enabled": self.multi_site.enabled,
             "site_id": self.multi_site.site_id,
             "backup_enabled": self.backup.enabled,
+            "netboot_enabled": self.netboot.enabled,
+            "http_boot_enabled": self.netboot.http.enabled,
         }
 
 

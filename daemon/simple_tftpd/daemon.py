@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -26,6 +27,10 @@ from aiohttp import web
 
 from simple_tftpd import __version__
 from simple_tftpd.api import build_app
+from simple_tftpd.cluster.node import ClusterNode
+from simple_tftpd.cluster.routes import add_routes as add_cluster_routes
+from simple_tftpd.cluster.sitesync import SiteSync
+from simple_tftpd.cluster.sitesync import add_routes as add_sync_routes
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
 from simple_tftpd.metrics import Metrics, render_all_workers
 from simple_tftpd.server import TftpServer
@@ -65,6 +70,9 @@ class ApiHost:
 
     config: Config
     started: float
+    metrics: Metrics
+    cluster: ClusterNode | None = None
+    site_sync: SiteSync | None = None
 
     def readiness_problems(self) -> list[str]:
         raise NotImplementedError
@@ -79,11 +87,32 @@ class ApiHost:
         api = self.config.api
         if not api.enabled:
             return None
-        runner = web.AppRunner(build_app(self), access_log=None)
+        app = build_app(self)
+        if self.config.clustering.enabled:
+            # The cluster node lives beside the API: it serves files and blobs through it.
+            self.cluster = ClusterNode(self.config, self.metrics)
+            add_cluster_routes(app, self.cluster)
+            multi_site = self.config.multi_site
+            if multi_site.enabled and multi_site.sync.enabled:
+                self.site_sync = SiteSync(self.cluster)
+                add_sync_routes(app, self.site_sync)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, api.bind, api.port, reuse_address=True).start()
         log.info("management API on %s port %d", api.bind, api.port)
+        if self.cluster is not None:
+            await self.cluster.start()
+        if self.site_sync is not None:
+            await self.site_sync.start()
         return runner
+
+    async def stop_api(self, runner: web.AppRunner | None) -> None:
+        if self.site_sync is not None:
+            await self.site_sync.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if runner is not None:
+            await runner.cleanup()
 
     def _base_status(self) -> dict[str, Any]:
         return {
@@ -150,12 +179,12 @@ class Daemon(ApiHost):
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         await self._stop.wait()
         log.info("shutdown requested")
         await self.server.drain(self.config.tftp.drain_timeout)
         self.server.close()
-        if runner is not None:
-            await runner.cleanup()
+        await self.stop_api(runner)
         log.info("stopped")
 
 
@@ -177,6 +206,7 @@ class Supervisor(ApiHost):
         self.draining = False
         self.pids: list[int | None] = [None] * workers
         self._stop = asyncio.Event()
+        self.metrics = Metrics()  # the supervisor's own (cluster) metrics, summed with workers
 
     def start_workers(self) -> None:
         """Fork every worker; called before the supervisor's own event loop exists."""
@@ -272,6 +302,7 @@ class Supervisor(ApiHost):
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         await self._watch()
         log.info("shutdown requested: draining %d workers", self.workers)
         self.draining = True
@@ -288,10 +319,17 @@ class Supervisor(ApiHost):
                 if pid is not None:
                     os.waitpid(pid, 0)
                     codes.append(-signal.SIGKILL)
-        if runner is not None:
-            await runner.cleanup()
+        await self.stop_api(runner)
         log.info("stopped")
         return 0 if all(code == 0 for code in codes) else 1
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log where every asyncio task is waiting (for diagnosing a stuck daemon)."""
+    for task in asyncio.all_tasks():
+        buffer = io.StringIO()
+        task.print_stack(limit=8, file=buffer)
+        log.warning("task %s:\n%s", task.get_name(), buffer.getvalue())
 
 
 def _forget_parent_loop() -> None:

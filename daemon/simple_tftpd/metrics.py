@@ -83,6 +83,78 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        # Cluster (set by the process that runs the cluster node).
+        self.cluster_members = Gauge(
+            "simple_tftpd_cluster_members",
+            "Nodes registered in this node's cluster",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cluster_leader = Gauge(
+            "simple_tftpd_cluster_is_leader",
+            "1 if this node is the cluster leader",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.replication_pending_entries = Gauge(
+            "simple_tftpd_replication_pending_entries",
+            "Manifest entries not yet served locally (replication lag)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.replication_pending_bytes = Gauge(
+            "simple_tftpd_replication_pending_bytes",
+            "Bytes of manifest entries not yet served locally",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.replication_errors = Counter(
+            "simple_tftpd_replication_errors", "Failed blob pulls or switches", registry=r
+        )
+        # Multi-site sync, per peer site (set by the site leader).
+        self.sitesync_lag_entries = Gauge(
+            "simple_tftpd_sitesync_lag_entries",
+            "Peer manifest changes not yet applied here",
+            ["peer"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.sitesync_lag_bytes = Gauge(
+            "simple_tftpd_sitesync_lag_bytes",
+            "Bytes of peer manifest changes not yet applied here",
+            ["peer"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.sitesync_last_success = Gauge(
+            "simple_tftpd_sitesync_last_success_timestamp_seconds",
+            "When the last sync round with a peer site succeeded",
+            ["peer"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.sitesync_errors = Counter(
+            "simple_tftpd_sitesync_errors",
+            "Failed sync rounds with a peer site",
+            ["peer"],
+            registry=r,
+        )
+
+        # Reads over both boot protocols, TFTP and HTTP. Which machine fetched what is in the
+        # transfer log: client addresses and MACs as labels would grow without bound.
+        self.fetches = Counter(
+            "simple_tftpd_fetches",
+            "Reads by protocol (tftp, http), kind (file, generated) and outcome",
+            ["protocol", "kind", "outcome"],
+            registry=r,
+        )
+        self.fetched_bytes = Counter(
+            "simple_tftpd_fetched_bytes",
+            "Bytes sent by protocol (tftp, http) and kind (file, generated)",
+            ["protocol", "kind"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

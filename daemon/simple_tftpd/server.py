@@ -24,6 +24,7 @@ from typing import Any
 
 from simple_tftpd.config import Config
 from simple_tftpd.content.cache import ContentCache
+from simple_tftpd.content.generated import GenerateError, Machine, Rendered
 from simple_tftpd.content.resolve import ResolveError
 from simple_tftpd.content.store import ContentStore, Source
 from simple_tftpd.metrics import Metrics
@@ -64,6 +65,7 @@ class Session:
     own_socket: bool
     source: Source | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    generated: Rendered | None = None
 
 
 def _family_for(bind: str) -> socket.AddressFamily:
@@ -124,13 +126,7 @@ class TftpServer:
             )
         else:
             self.cache.reconfigure(0, 0, 0)
-        self.store = ContentStore(
-            tftp.root,
-            [(rule.pattern, rule.replacement) for rule in tftp.remap],
-            self.cache,
-            tftp.write.prefixes,
-            tftp.write.overwrite,
-        )
+        self.store = ContentStore.from_config(config, self.cache)
         firewall = config.security.network.firewall
         rules = [
             AclRule(rule.action, tuple(rule.sources))
@@ -303,12 +299,17 @@ class TftpServer:
             self._send_error(listener, peer, ErrorCode.NOT_DEFINED, "Server busy, try later")
             return
         source: Source | None = None
+        generated: Rendered | None = None
         try:
             transfer: ReadTransfer | WriteTransfer
             if request.opcode is Opcode.RRQ:
-                opened = self.store.open_read(request.filename, request.mode == "netascii", now)
-                source = opened.source
-                (self.metrics.cache_hits if opened.cache_hit else self.metrics.cache_misses).inc()
+                opened = self.store.open_read(
+                    request.filename, request.mode == "netascii", now, client_ip=ip
+                )
+                source, generated = opened.source, opened.generated
+                if generated is None:  # rendered files never go through the cache
+                    hit = opened.cache_hit
+                    (self.metrics.cache_hits if hit else self.metrics.cache_misses).inc()
                 params, oack = negotiate(request, self.limits, source.size)
                 transfer = ReadTransfer(source, self.limits, params, oack)
             else:
@@ -325,7 +326,15 @@ class TftpServer:
                 source.close()
             code = exc.code if isinstance(exc, ResolveError) else ErrorCode.OPTION_NEGOTIATION
             self._send_error(listener, peer, ErrorCode(code), exc.message)
-            self._log_transfer(peer, request, None, 0.0, "refused", exc.message)
+            failed = exc if isinstance(exc, GenerateError) else None
+            machine = generated.machine if generated else failed.machine if failed else None
+            template = generated.template if generated else failed.template if failed else None
+            kind = "file" if template is None else "generated"
+            # A template that fails to render is the server's fault, not a refused request.
+            outcome = "error" if failed and failed.code == ErrorCode.NOT_DEFINED else "refused"
+            if not request.is_write:
+                self.metrics.fetches.labels("tftp", kind, outcome).inc()
+            self._log_transfer(peer, request, None, 0.0, outcome, exc.message, machine, template)
             return
         except OSError as exc:
             self.session_limiter.release(ip)
@@ -347,7 +356,7 @@ class TftpServer:
                 log.error("no socket for a new transfer: %s", exc)
                 self._send_error(listener, peer, ErrorCode.NOT_DEFINED, "Server busy, try later")
                 return
-        session = Session(peer, sock, transfer, request, now, own, source)
+        session = Session(peer, sock, transfer, request, now, own, source, generated=generated)
         if own:
             self.loop.add_reader(sock.fileno(), self._on_session_readable, session)
         self.sessions[peer] = session
@@ -425,13 +434,24 @@ class TftpServer:
         self.metrics.active_sessions.dec()
         self.metrics.transfers.labels(direction, outcome).inc()
         self.metrics.duration.labels(direction).observe(duration)
+        generated = session.generated
+        kind = "file" if generated is None else "generated"
         if direction == "read":
             self.metrics.bytes_sent.inc(transfer.bytes)
+            self.metrics.fetches.labels("tftp", kind, outcome).inc()
+            self.metrics.fetched_bytes.labels("tftp", kind).inc(transfer.bytes)
         else:
             self.metrics.bytes_received.inc(transfer.bytes)
         self.metrics.cache_bytes.set(self.cache.current_bytes)
         self._log_transfer(
-            session.peer, session.request, transfer, duration, outcome, transfer.error
+            session.peer,
+            session.request,
+            transfer,
+            duration,
+            outcome,
+            transfer.error,
+            generated.machine if generated else None,
+            generated.template if generated else None,
         )
         if not self.sessions:
             self._idle.set()
@@ -444,12 +464,16 @@ class TftpServer:
         duration: float,
         outcome: str,
         error: str | None,
+        machine: Machine | None = None,
+        template: str | None = None,
     ) -> None:
         if not self.log_transfers:
             return
         record: dict[str, object] = {
             "event": "transfer",
+            "protocol": "tftp",
             "client": _peer_text(peer),
+            **(machine.log_fields() if machine else {}),
             "file": request.filename,
             "direction": "write" if request.is_write else "read",
             "mode": request.mode,
@@ -457,6 +481,8 @@ class TftpServer:
             "duration_s": round(duration, 6),
             "outcome": outcome,
         }
+        if template is not None:
+            record["generated"] = template
         if transfer is not None:
             record["blksize"] = transfer.params.blksize
             record["windowsize"] = transfer.params.windowsize

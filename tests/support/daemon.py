@@ -21,11 +21,21 @@ from prometheus_client.parser import text_string_to_metric_families
 START_TIMEOUT = 20.0
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
+    """A port free right now and never handed out before in this test process: tests start
+    many servers, and the kernel happily returns a just-closed port twice."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    for _ in range(100):
+        with socket.socket(family, kind) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh port found")
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +139,12 @@ class Daemon:
     def wait(self, timeout: float) -> int:
         assert self.process is not None
         return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no drain, no goodbye to the cluster."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; only our own PID."""

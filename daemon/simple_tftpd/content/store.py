@@ -1,5 +1,5 @@
 """The local content tree: open files for reading (through the hot-file cache) and for
-atomic uploads (temporary file, then rename)."""
+atomic uploads (temporary file, then rename), and generated files answered in their place."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from simple_tftpd.config import Config, NetbootConfig
 from simple_tftpd.content.cache import ContentCache, FileKey
+from simple_tftpd.content.generated import GeneratedFiles, Protocol, Rendered
 from simple_tftpd.content.resolve import PathResolver, ResolveError
 from simple_tftpd.protocol import netascii
 from simple_tftpd.protocol.packets import ErrorCode
@@ -117,6 +119,10 @@ class Opened:
     source: Source
     path: str
     cache_hit: bool
+    # The version of the file served (HTTP ETag, Last-Modified); None for a generated file.
+    key: FileKey | None = None
+    # Set when the answer was rendered for a machine instead of read from disk.
+    generated: Rendered | None = None
 
 
 class ContentStore:
@@ -127,12 +133,28 @@ class ContentStore:
         cache: ContentCache,
         upload_prefixes: Sequence[str],
         overwrite: bool,
+        netboot: NetbootConfig | None = None,
     ) -> None:
         self.resolver = PathResolver(root, remap)
         self.cache = cache
         self.upload_prefixes = tuple(upload_prefixes)
         self.overwrite = overwrite
         self._resolved: dict[str, tuple[float, str]] = {}
+        self.generated: GeneratedFiles | None = None
+        if netboot is not None and netboot.enabled:
+            self.generated = GeneratedFiles(self.resolver, netboot)
+
+    @classmethod
+    def from_config(cls, config: Config, cache: ContentCache) -> ContentStore:
+        tftp = config.tftp
+        return cls(
+            tftp.root,
+            [(rule.pattern, rule.replacement) for rule in tftp.remap],
+            cache,
+            tftp.write.prefixes,
+            tftp.write.overwrite,
+            config.netboot,
+        )
 
     def _resolve(self, filename: str, now: float) -> str:
         hit = self._resolved.get(filename)
@@ -141,12 +163,28 @@ class ContentStore:
         path = str(self.resolver.resolve_read(filename))
         if os.path.basename(path).startswith(UPLOAD_PREFIX):
             raise ResolveError(ErrorCode.FILE_NOT_FOUND, "File not found")
+        if self.generated is not None and self.generated.is_private(path):
+            raise ResolveError(ErrorCode.ACCESS_VIOLATION, "Access violation")
         if len(self._resolved) >= RESOLVE_CACHE_ENTRIES:
             self._resolved.clear()
         self._resolved[filename] = (now, path)
         return path
 
-    def open_read(self, filename: str, netascii_mode: bool, now: float) -> Opened:
+    def open_read(
+        self,
+        filename: str,
+        netascii_mode: bool,
+        now: float,
+        client_ip: str | None = None,
+        protocol: Protocol = "tftp",
+    ) -> Opened:
+        """Open a name for reading: a generated file if a netboot pattern matches it (rendered
+        for `client_ip`), else the file under the root. Raises ResolveError."""
+        if self.generated is not None:
+            rendered = self.generated.render(filename, client_ip, protocol)
+            if rendered is not None:
+                source = self._convert(rendered.data, netascii_mode)
+                return Opened(source, rendered.name, False, None, rendered)
         path = self._resolve(filename, now)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -165,15 +203,15 @@ class ContentStore:
             data = self.cache.get(key, now)
             if data is not None:
                 os.close(fd)
-                return Opened(self._convert(data, netascii_mode), path, True)
+                return Opened(self._convert(data, netascii_mode), path, True, key)
             if st.st_size <= self.cache.max_file_bytes or netascii_mode:
                 if netascii_mode and st.st_size > MAX_NETASCII_BYTES:
                     raise ResolveError(ErrorCode.ACCESS_VIOLATION, "File too large for netascii")
                 data = _read_all(fd, st.st_size)
                 os.close(fd)
                 self.cache.put(key, data, now)
-                return Opened(self._convert(data, netascii_mode), path, False)
-            return Opened(FileSource(fd, st.st_size), path, False)
+                return Opened(self._convert(data, netascii_mode), path, False, key)
+            return Opened(FileSource(fd, st.st_size), path, False, key)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -186,6 +224,9 @@ class ContentStore:
     def open_write(self, filename: str) -> UploadSink:
         path = self.resolver.resolve_write(filename, self.upload_prefixes)
         if path.name.startswith(UPLOAD_PREFIX):
+            raise ResolveError(ErrorCode.ACCESS_VIOLATION, "Access violation")
+        # Checked on the real path, so a symlinked alias of the templates is refused too.
+        if self.generated is not None and self.generated.is_private(os.path.realpath(path)):
             raise ResolveError(ErrorCode.ACCESS_VIOLATION, "Access violation")
         if not self.overwrite and path.exists():
             raise ResolveError(ErrorCode.FILE_EXISTS, "File already exists")

@@ -1,0 +1,1 @@
+"""Site clustering on etcd: membership, leader, replicated content-addressed files."""
