@@ -256,3 +256,33 @@ def test_changes_feed_needs_the_sync_token(world: World) -> None:
     status, body = a.request(a.nodes[0], "GET", "/api/v1/sync/changes?since=0", token=SYNC_TOKEN)
     assert status == 200 and body["site_id"] == "site-a"
     assert all(sha(b"") != c["entry"]["digest"] for c in body["changes"])
+
+
+def test_site_sync_commands(world: World) -> None:
+    import subprocess
+    import sys
+
+    b = world.sites["b"]
+    leader_id = b.leader(b.nodes[0])
+    node = next(n for n in b.nodes if n.config["node"]["node_id"] == leader_id)
+    env = {**os.environ, "SIMPLE_TFTPD_TOKEN": TOKEN}
+    api = f"127.0.0.1:{node.api_port}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "simple_tftpd", *args, "--api", api],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )  # fmt: skip
+
+    status = cli("site-sync-status")
+    assert status.returncode == 0, status.stderr
+    peers = {p["site_id"]: p for p in json.loads(status.stdout)["peers"]}
+    assert set(peers) == {"site-a", "site-c"}
+    assert peers["site-a"]["reachable"] is True and peers["site-a"]["position"] > 0
+    now = cli("site-sync-now", "--site-id", "site-c")
+    assert now.returncode == 0, now.stdout + now.stderr
+    assert cli("site-sync-now", "--site-id", "nowhere").returncode == 1
+    logs = cli("site-sync-logs")
+    assert logs.returncode == 0 and "sitesync_stored" in logs.stdout
+    wrong_site = cli("site-sync-init", "--site-id", "site-z", "--peer-sites", "site-a:127.0.0.1:1")
+    assert wrong_site.returncode == 1 and "not 'site-z'" in wrong_site.stdout
