@@ -1,0 +1,94 @@
+"""Release archives: what goes in, how they are named, and build errors worth reading."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from deploy import release as release_module
+from deploy.inventory import ReleaseTarget
+from deploy.release import BuildError, build_release, platform_tags, wheel_version
+
+REQUIREMENTS = "click==8.1.7 \\\n    --hash=sha256:abc\n"
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No uv, no index: the lock export and the dependency download are faked."""
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    (deps / "click-8.1.7-py3-none-any.whl").write_bytes(b"click wheel")
+    monkeypatch.setattr(release_module, "locked_requirements", lambda root: REQUIREMENTS)
+    monkeypatch.setattr(release_module, "dependency_wheels", lambda req, target, cache: deps)
+    return tmp_path
+
+
+def make_wheel(directory: Path, version: str, content: bytes = b"wheel") -> Path:
+    wheel = directory / f"simple_tftpd-{version}-py3-none-any.whl"
+    wheel.write_bytes(content)
+    return wheel
+
+
+def test_archive_holds_wheels_requirements_probe_and_manifest(offline: Path) -> None:
+    wheel = make_wheel(offline, "0.2.0")
+    release = build_release(offline / "work", ReleaseTarget(), wheel=wheel)
+    assert release.version == "0.2.0"
+    assert release.release_id.startswith("0.2.0-")
+    with tarfile.open(release.archive) as tar:
+        names = set(tar.getnames())
+        manifest = json.load(tar.extractfile("release.json"))  # type: ignore[arg-type]
+        requirements = tar.extractfile("requirements.txt").read().decode()  # type: ignore[union-attr]
+    assert names == {
+        "release.json",
+        "requirements.txt",
+        "probe.py",
+        "wheels/simple_tftpd-0.2.0-py3-none-any.whl",
+        "wheels/click-8.1.7-py3-none-any.whl",
+    }
+    assert manifest["release_id"] == release.release_id
+    assert "--hash=sha256:abc" in requirements  # pip on the host checks the lock's hashes
+
+
+def test_release_id_follows_the_content(offline: Path) -> None:
+    first = build_release(offline / "work", ReleaseTarget(), wheel=make_wheel(offline, "0.2.0"))
+    again = build_release(offline / "work", ReleaseTarget(), wheel=make_wheel(offline, "0.2.0"))
+    assert again == first
+    changed = make_wheel(offline, "0.2.0", b"patched wheel")
+    assert (
+        build_release(offline / "work", ReleaseTarget(), wheel=changed).release_id
+        != first.release_id
+    )
+
+
+def test_wheel_names_are_checked(tmp_path: Path) -> None:
+    assert wheel_version(Path("simple_tftpd-1.2.3+local-py3-none-any.whl")) == "1.2.3+local"
+    with pytest.raises(BuildError, match="not a wheel file name"):
+        wheel_version(Path("simple_tftpd.tar.gz"))
+    with pytest.raises(BuildError, match="not a simple-tftpd wheel"):
+        wheel_version(Path("click-8.1.7-py3-none-any.whl"))
+    with pytest.raises(BuildError, match="no such wheel"):
+        build_release(tmp_path, ReleaseTarget(), wheel=tmp_path / "simple_tftpd-1-py3-none-any.whl")
+
+
+def test_platform_tags_cover_every_glibc_up_to_the_hosts() -> None:
+    tags = platform_tags(ReleaseTarget(glibc="2.36", arch="x86_64"))
+    assert tags[0] == "manylinux_2_36_x86_64"
+    assert "manylinux_2_17_x86_64" in tags and "manylinux_2_37_x86_64" not in tags
+    assert tags[-3:] == ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+
+
+def test_build_tools_missing_on_the_controller() -> None:
+    with pytest.raises(BuildError, match="no-such-tool is not installed on the controller"):
+        release_module._run(["no-such-tool", "--version"], "checking")
+
+
+def test_only_the_newest_archives_are_kept(offline: Path) -> None:
+    for number in range(release_module.KEEP_ARCHIVES + 2):
+        wheel = make_wheel(offline, "0.2.0", f"build {number}".encode())
+        latest = build_release(offline / "work", ReleaseTarget(), wheel=wheel)
+    archives = list((offline / "work/releases").glob("*.tar"))
+    assert len(archives) == release_module.KEEP_ARCHIVES
+    assert latest.archive in archives

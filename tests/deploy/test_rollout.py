@@ -1,0 +1,313 @@
+"""The rolling deploy against fake hosts: the order of steps, and every error path (failed
+health gate -> rollback, failed rollback, upload failure, corrupt upload, no earlier release)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import cast
+from unittest.mock import Mock
+
+import pytest
+
+from deploy import DeployError
+from deploy.inventory import Site
+from deploy.release import Release
+from deploy.remote import RemoteError
+from deploy.render import render_host
+from deploy.rollout import (
+    CANARY_SHA256,
+    HANDOFF,
+    GateFailed,
+    deploy_lb,
+    deploy_site,
+    prepare_all,
+    roll_node,
+    rollback_site,
+)
+from tests.deploy.fakes import Answer, FakeHost, fail, lab_site, ok
+
+OLD, NEW = "0.1.0-old", "0.2.0-new"
+HANDOFF_SHA = hashlib.sha256(HANDOFF.read_bytes()).hexdigest()
+GATE_OK = ok('{"ok": true, "sha256": "..."}')
+GATE_FAILED = fail('{"ok": false, "check": "unit", "state": {"ActiveState": "failed"}}')
+
+
+def state(current: str = OLD, active: str = "active", history: str = OLD) -> str:
+    releases = " ".join(sorted({current, NEW, *history.split()} - {""}))
+    return (
+        f"current={current}\nconfig=aaa\nunit=bbb\nactive={active}\nenabled=enabled\n"
+        f"history={history}\nreleases={releases}\n"
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return lab_site(tmp_path)
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Release:
+    archive = tmp_path / "release.tar"
+    archive.write_bytes(b"release archive")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    return Release(NEW, "0.2.0", "simple_tftpd-0.2.0-py3-none-any.whl", archive, digest)
+
+
+def node_host(name: str, *answers: tuple[str, Answer], user: str = "root") -> FakeHost:
+    """A node that has the release installed already (prepare has nothing to do)."""
+    prepared = f"installed=yes\nhealth={CANARY_SHA256}\nhandoff={HANDOFF_SHA}\n"
+    return FakeHost(name, [*answers, ("getent group", ok(prepared))], user=user)
+
+
+class Log:
+    """The rollout's log callback, keeping the lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_upgrade_drains_switches_gates_then_ends_the_handoff(site: Site, release: Release) -> None:
+    node = site.node("tftp-1")
+    host = node_host(
+        "tftp-1",
+        ("echo current=", ok(state())),
+        ("probe.py sessions", ok('{"ok": true, "active_sessions": 0}')),
+        (f"{NEW}/probe.py gate", GATE_OK),
+    )
+    log = Log()
+    assert roll_node(host, site, node, release, render_host(site, node), log) == "upgraded"
+    order = [
+        host.index("handoff.py hold on"),
+        host.index(r"handoff.py on --port 69 --peers 10.0.0.12,10.0.0.13 --address 10.0.0.11"),
+        host.index("probe.py sessions"),
+        host.index("systemctl stop simple-tftpd"),
+        host.index(r"config.json.new && mv -f"),
+        host.index(f"ln -sfn releases/{NEW}"),
+        host.index("systemctl start simple-tftpd"),
+        host.index(f"{NEW}/probe.py gate"),
+        host.index("handoff.py off"),
+        host.index("handoff.py hold off"),
+    ]
+    assert -1 not in order and order == sorted(order), host.commands
+    config = next(data for _, data in host.uploads if b'"node_id": "tftp-1"' in data)
+    assert json.loads(config)["tftp"]["single_port"] is True
+    history = host.uploads[-1][1].decode()
+    assert history == f"{OLD}\n{NEW}\n"
+    assert log.lines[-1] == f"tftp-1: now serving {NEW}"
+
+
+def test_failed_gate_rolls_back_to_the_previous_release(site: Site, release: Release) -> None:
+    node = site.node("tftp-1")
+    host = node_host(
+        "tftp-1",
+        ("echo current=", ok(state())),
+        (f"{NEW}/probe.py gate", GATE_FAILED),
+        (f"{OLD}/probe.py gate", GATE_OK),
+        ("journalctl", ok("ModuleNotFoundError: No module named 'simple_tftpd.missing'")),
+    )
+    log = Log()
+    with pytest.raises(GateFailed) as failure:
+        roll_node(host, site, node, release, render_host(site, node), log)
+    assert failure.value.rolled_back_to == OLD
+    assert "ModuleNotFoundError" in str(failure.value)
+    assert f"rolled back to {OLD} and serving" in str(failure.value)
+    assert host.index(f"ln -sfn releases/{OLD}") > host.index(f"ln -sfn releases/{NEW}")
+    assert host.ran(r"mv -f /etc/simple-tftpd/config.json.prev /etc/simple-tftpd/config.json")
+    assert host.ran(r"simple-tftpd.service.prev")
+    # Serving again: the handoff ends; the failed release never enters the history.
+    assert host.ran("handoff.py off")
+    assert not any(remote and b"0.2.0-new" in data for remote, data in host.uploads)
+    assert "tftp-1: gate failed, rolling back to 0.1.0-old" in log.lines
+
+
+def test_failed_rollback_leaves_the_node_handed_off(site: Site, release: Release) -> None:
+    node = site.node("tftp-1")
+    host = node_host(
+        "tftp-1",
+        ("echo current=", ok(state())),
+        ("probe.py gate", GATE_FAILED),
+    )
+    log = Log()
+    with pytest.raises(DeployError) as failure:
+        roll_node(host, site, node, release, render_host(site, node), log)
+    assert not isinstance(failure.value, GateFailed)
+    assert "the rollback to 0.1.0-old failed too" in str(failure.value)
+    # Not serving: its requests keep going to the peers.
+    assert not host.ran("handoff.py off")
+    assert host.ran("handoff.py hold off")
+
+
+def test_first_install_that_fails_its_gate_stops_the_daemon(site: Site, release: Release) -> None:
+    node = site.node("tftp-1")
+    host = node_host(
+        "tftp-1",
+        ("echo current=", ok(state(current="", active="inactive", history=""))),
+        ("probe.py gate", GATE_FAILED),
+    )
+    log = Log()
+    with pytest.raises(GateFailed) as failure:
+        roll_node(host, site, node, release, render_host(site, node), log)
+    assert failure.value.rolled_back_to is None
+    assert "the daemon is stopped on this host" in str(failure.value)
+    assert host.index("systemctl stop simple-tftpd; true") > host.index(f"{NEW}/probe.py gate")
+    assert not host.ran("handoff.py off")
+
+
+def test_a_failed_node_stops_the_rollout_before_the_next(site: Site, release: Release) -> None:
+    hosts = {
+        "tftp-1": node_host(
+            "tftp-1",
+            ("echo current=", ok(state())),
+            (f"{NEW}/probe.py gate", GATE_FAILED),
+            (f"{OLD}/probe.py gate", GATE_OK),
+        ),
+        "tftp-2": node_host("tftp-2", ("echo current=", ok(state()))),
+        "tftp-3": node_host("tftp-3", ("echo current=", ok(state()))),
+        "lb-1": FakeHost("lb-1"),
+    }
+    files = {node.name: render_host(site, node) for node in site.nodes}
+    log = Log()
+    with pytest.raises(GateFailed):
+        deploy_site(site, hosts, release, files, log)
+    for name in ("tftp-2", "tftp-3"):
+        assert not hosts[name].ran("systemctl stop"), name
+    assert hosts["lb-1"].commands == []
+
+
+def test_an_upload_failure_stops_the_deploy_before_any_restart(
+    site: Site, release: Release
+) -> None:
+    fresh = "installed=no\n"
+    hosts = {
+        "tftp-1": FakeHost("tftp-1", [("getent group", ok(fresh))]),
+        "tftp-2": FakeHost("tftp-2", [("getent group", ok(fresh))], fail_uploads=True),
+        "tftp-3": FakeHost("tftp-3", [("getent group", ok(fresh))]),
+        "lb-1": FakeHost("lb-1"),
+    }
+    files = {node.name: render_host(site, node) for node in site.nodes}
+    log = Log()
+    with pytest.raises(DeployError) as failure:
+        deploy_site(site, hosts, release, files, log)
+    message = str(failure.value)
+    assert "no node was restarted" in message
+    assert (
+        "tftp-2: upload of release 0.2.0-new failed: OSError: Connection reset by peer" in message
+    )
+    for host in hosts.values():
+        assert not host.ran("systemctl (stop|start)"), host.host
+        assert not host.ran("ln -sfn")
+
+
+def test_a_corrupt_upload_is_refused(site: Site, release: Release) -> None:
+    host = FakeHost(
+        "tftp-1",
+        [("getent group", ok("installed=no\n")), ("sha256sum --check", fail())],
+    )
+    log = Log()
+    with pytest.raises(DeployError) as failure:
+        prepare_all({"tftp-1": host}, site, [site.node("tftp-1")], release, log)
+    assert "checksum mismatch on the host" in str(failure.value)
+    assert not host.ran("tar -xf")
+
+
+def test_install_runs_offline_from_the_uploaded_wheels(site: Site, release: Release) -> None:
+    host = FakeHost("tftp-1", [("getent group", ok("installed=no\n"))])
+    log = Log()
+    prepare_all({"tftp-1": host}, site, [site.node("tftp-1")], release, log)
+    install = next(command for command in host.commands if "-m venv" in command)
+    assert "python3 -m venv /opt/simple-tftpd/releases/0.2.0-new/venv" in install
+    assert "--no-index --no-deps --require-hashes --find-links" in install
+    assert install.endswith("touch /opt/simple-tftpd/releases/0.2.0-new/.complete")
+    uploaded = {remote: data for remote, data in host.uploads}
+    assert release.archive.read_bytes() in uploaded.values()
+    assert hashlib.sha256(host.uploads[1][1]).hexdigest() == CANARY_SHA256
+
+
+def test_unchanged_healthy_node_is_not_restarted(site: Site, release: Release) -> None:
+    node = site.node("tftp-1")
+    files = render_host(site, node)
+    config_sha = hashlib.sha256(files["config"].content.encode()).hexdigest()
+    unit_sha = hashlib.sha256(files["unit"].content.encode()).hexdigest()
+    answer = (
+        f"current={NEW}\nconfig={config_sha}\nunit={unit_sha}\nactive=active\n"
+        f"enabled=enabled\nhistory={NEW}\nreleases={NEW}\n"
+    )
+    host = node_host("tftp-1", ("echo current=", ok(answer)), ("probe.py gate", GATE_OK))
+    log = Log()
+    assert roll_node(host, site, node, release, files, log) == "unchanged"
+    assert not host.ran("systemctl stop")
+
+
+def test_a_non_root_login_runs_every_step_through_sudo(site: Site, release: Release) -> None:
+    node = site.node("tftp-1")
+    host = node_host(
+        "tftp-1",
+        ("echo current=", ok(state())),
+        ("probe.py gate", GATE_OK),
+        user="deploy",
+    )
+    log = Log()
+    roll_node(host, site, node, release, render_host(site, node), log)
+    assert cast(Mock, host.run).call_args_list == []
+    assert all(command.startswith("sh -c ") for command in host.commands)
+
+
+def test_drain_waits_for_running_transfers(site: Site, release: Release) -> None:
+    node = site.node("tftp-1")
+    sessions = [ok(f'{{"ok": true, "active_sessions": {n}}}') for n in (2, 1, 0)]
+    host = node_host(
+        "tftp-1",
+        ("echo current=", ok(state())),
+        ("probe.py sessions", sessions),
+        ("probe.py gate", GATE_OK),
+    )
+    log = Log()
+    roll_node(host, site, node, release, render_host(site, node), log)
+    assert sum("probe.py sessions" in command for command in host.commands) == 3
+
+
+def test_rollback_task_walks_back_the_history(site: Site) -> None:
+    answer = state(current=NEW, history=f"{OLD} {NEW}")
+    hosts = {
+        name: FakeHost(name, [("echo current=", ok(answer)), ("probe.py gate", GATE_OK)])
+        for name in ("tftp-1", "tftp-2", "tftp-3")
+    }
+    log = Log()
+    assert rollback_site(site, hosts, log) == {name: OLD for name in hosts}
+    for host in hosts.values():
+        assert host.ran(f"ln -sfn releases/{OLD}")
+        assert host.uploads[-1][1] == f"{OLD}\n".encode()
+
+
+def test_rollback_without_an_earlier_release_says_so(site: Site) -> None:
+    host = FakeHost("tftp-1", [("echo current=", ok(state(current=NEW, history=NEW)))])
+    log = Log()
+    with pytest.raises(DeployError, match="no earlier release installed to roll back to"):
+        rollback_site(site, {"tftp-1": host}, log, only=["tftp-1"])
+    assert not host.ran("systemctl stop")
+
+
+def test_nginx_config_is_checked_before_it_replaces_the_old_one(site: Site) -> None:
+    node = site.node("lb-1")
+    nginx = render_host(site, node)["nginx"]
+    host = FakeHost("lb-1", [("nginx -t", fail(stderr="unknown directive"))])
+    log = Log()
+    with pytest.raises(RemoteError, match="unknown directive"):
+        deploy_lb(host, node, nginx, log)
+    assert not host.ran("reload-or-restart nginx")
+
+
+def test_unchanged_nginx_is_not_reloaded(site: Site) -> None:
+    node = site.node("lb-1")
+    nginx = render_host(site, node)["nginx"]
+    digest = hashlib.sha256(nginx.content.encode()).hexdigest()
+    host = FakeHost("lb-1", [("sha256sum", ok(f"config={digest}\nactive=active\n"))])
+    log = Log()
+    deploy_lb(host, node, nginx, log)
+    assert host.uploads == []
+    assert not host.ran("reload")

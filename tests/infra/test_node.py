@@ -1,0 +1,111 @@
+"""Every node: the release, the unit and its sandbox, the sockets, the config file, the API,
+and a real TFTP fetch on the node itself."""
+
+from __future__ import annotations
+
+import json
+
+import testinfra.host
+
+from deploy.inventory import InventoryDocument
+from deploy.render import HostPaths, local_api_url, local_tftp_address
+from deploy.rollout import CANARY_SHA256
+from simple_tftpd.config import Config
+from tests.infra.helpers import fetch_sha256, get_json
+
+# The capability sets of the daemon's processes: CAP_NET_BIND_SERVICE (bit 10) and nothing else.
+ONLY_NET_BIND_SERVICE = f"{1 << 10:016x}"
+
+
+def _main_pid(host: testinfra.host.Host, service: str) -> str:
+    pid = host.check_output("systemctl show -p MainPID --value %s", service)
+    assert pid not in ("", "0"), f"{service} has no main process"
+    return str(pid)
+
+
+def test_release_installed_at_expected_version(
+    host: testinfra.host.Host, paths: HostPaths, expected_version: str
+) -> None:
+    package = host.pip("simple-tftpd", pip_path=f"{paths.current}/venv/bin/pip")
+    assert package.is_installed
+    assert package.version == expected_version
+    manifest = json.loads(host.file(f"{paths.current}/release.json").content_string)
+    assert manifest["version"] == expected_version
+
+
+def test_unit_enabled_and_running(host: testinfra.host.Host, settings: InventoryDocument) -> None:
+    service = host.service(settings.install.service)
+    assert service.is_enabled
+    assert service.is_running
+
+
+def test_daemon_runs_unprivileged_with_one_capability(
+    host: testinfra.host.Host, settings: InventoryDocument
+) -> None:
+    main = _main_pid(host, settings.install.service)
+    workers = host.check_output("ps -o pid= --ppid %s || true", main).split()
+    for pid in [main, *workers]:
+        assert host.check_output("ps -o user= -p %s", pid) == settings.install.user
+        status = host.file(f"/proc/{pid}/status").content_string
+        caps = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+        assert caps["CapEff"] == ONLY_NET_BIND_SERVICE, f"pid {pid}: {caps}"
+        assert caps["CapBnd"] == ONLY_NET_BIND_SERVICE, f"pid {pid}: {caps}"
+
+
+def test_unit_sandbox(host: testinfra.host.Host, settings: InventoryDocument) -> None:
+    shown = host.check_output(
+        "systemctl show %s -p ProtectSystem -p NoNewPrivileges -p PrivateTmp -p ProtectHome",
+        settings.install.service,
+    )
+    properties = dict(line.split("=", 1) for line in shown.splitlines())
+    assert properties == {
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+    }
+
+
+def test_tftp_and_api_listening(host: testinfra.host.Host, node_config: Config) -> None:
+    tftp = node_config.tftp
+    bind = f"[{tftp.bind}]" if ":" in tftp.bind else tftp.bind
+    assert host.socket(f"udp://{bind}:{tftp.port}").is_listening
+    api = node_config.api
+    if api.enabled:
+        api_bind = f"[{api.bind}]" if ":" in api.bind else api.bind
+        assert host.socket(f"tcp://{api_bind}:{api.port}").is_listening
+
+
+def test_config_file_readable_only_by_the_daemon(
+    host: testinfra.host.Host, paths: HostPaths, settings: InventoryDocument
+) -> None:
+    config = host.file(paths.config)
+    assert config.is_file
+    assert config.mode == 0o640
+    assert config.user == "root"
+    assert config.group == settings.install.user
+
+
+def test_api_health(host: testinfra.host.Host, node_config: Config) -> None:
+    if not node_config.api.enabled:
+        return
+    status, body = get_json(host, f"{local_api_url(node_config)}/api/v1/health")
+    assert (status, body) == (200, {"status": "ok"})
+    status, body = get_json(host, f"{local_api_url(node_config)}/api/v1/ready")
+    assert (status, body["status"]) == (200, "ready")
+
+
+def test_tftp_fetch_on_the_node(
+    host: testinfra.host.Host,
+    paths: HostPaths,
+    node_config: Config,
+    settings: InventoryDocument,
+) -> None:
+    digest = fetch_sha256(
+        host,
+        paths,
+        local_tftp_address(node_config),
+        node_config.tftp.port,
+        settings.rollout.health_file,
+    )
+    assert digest == CANARY_SHA256

@@ -1,0 +1,68 @@
+"""The site as a whole: one cluster leader, every node a member, the load balancer serving.
+
+Cluster checks read `GET /api/v1/cluster/status` on every node, expecting `leader` (a node
+id, or an object with `node_id`) and `members` (node ids, or objects with `node_id`); they skip
+when the inventory does not enable clustering.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from deploy.inventory import Site
+from deploy.render import HostPaths, local_api_url
+from deploy.rollout import CANARY_SHA256
+from tests.infra.conftest import site_host
+from tests.infra.helpers import fetch_sha256, get_json
+
+
+@pytest.fixture(scope="module")
+def inventory_site(site: Site | None) -> Site:
+    if site is None:
+        pytest.skip("site checks need --inventory")
+    return site
+
+
+def _node_id(entry: Any) -> str:
+    return str(entry.get("node_id") if isinstance(entry, dict) else entry)
+
+
+@pytest.fixture(scope="module")
+def cluster_views(inventory_site: Site, pytestconfig: pytest.Config) -> dict[str, Any]:
+    if not inventory_site.clustering:
+        pytest.skip("clustering is not enabled in the inventory")
+    views = {}
+    for node in inventory_site.tftp_nodes:
+        host = site_host(pytestconfig, node)
+        status, body = get_json(host, f"{local_api_url(node.config)}/api/v1/cluster/status")
+        assert status == 200, f"{node.name}: cluster status answered {status}"
+        views[node.config.node.node_id] = body
+    return views
+
+
+def test_exactly_one_leader(cluster_views: dict[str, Any]) -> None:
+    leaders = {node: _node_id(view.get("leader")) for node, view in cluster_views.items()}
+    assert len(set(leaders.values())) == 1, f"nodes disagree on the leader: {leaders}"
+    assert next(iter(leaders.values())) in cluster_views
+
+
+def test_every_node_is_a_member(cluster_views: dict[str, Any]) -> None:
+    for node, view in cluster_views.items():
+        members = {_node_id(member) for member in view.get("members", [])}
+        assert members >= set(cluster_views), f"{node} sees members {sorted(members)}"
+
+
+def test_load_balancer_serves_fetches(inventory_site: Site, pytestconfig: pytest.Config) -> None:
+    address = inventory_site.load_balancer_address
+    if address is None:
+        pytest.skip("the inventory has no load balancer")
+    via = inventory_site.tftp_nodes[0]
+    host = site_host(pytestconfig, via)
+    paths = HostPaths(inventory_site.settings.install)
+    port = inventory_site.settings.load_balancer.port
+    name = inventory_site.settings.rollout.health_file
+    # Enough fetches for the balancer to send some to every node.
+    for _ in range(2 * len(inventory_site.tftp_nodes)):
+        assert fetch_sha256(host, paths, address, port, name) == CANARY_SHA256
