@@ -3,9 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 # Real TFTP clients, etcd for the cluster tests, QEMU + iPXE for the firmware boot test,
-# debootstrap + systemd-nspawn for the test hosts.
+# debootstrap + systemd-nspawn for the test hosts, promtool (prometheus) for the alert rules.
 APT_PACKAGES := tftp-hpa atftp curl etcd-server qemu-system-x86 ipxe-qemu debootstrap \
-	systemd-container iproute2
+	systemd-container iproute2 prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps run test lint unit interop bench clean
@@ -40,7 +40,21 @@ unit: setup
 interop: setup system-deps
 	$(UV) run pytest tests/interop -q
 
-test: setup system-deps lint
+# Azurite (Azure Blob emulator) for tests/backup, from npm into tests/.npm (git-ignored).
+# Node.js and npm come from Debian when missing (Debian's nodejs package has no npm).
+AZURITE_VERSION := 3.35.0
+AZURITE := tests/.npm/node_modules/.bin/azurite-blob
+
+$(AZURITE):
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm install --prefix tests/.npm --no-audit --no-fund --no-save azurite@$(AZURITE_VERSION)
+	touch $@
+
+.PHONY: test-npm-deps
+test-npm-deps: $(AZURITE)
+
+test: setup system-deps test-npm-deps lint
 	$(UV) run pytest -q
 
 # Side-by-side benchmark against tftpd-hpa, atftpd and tftpy (peers fetched by the harness);
@@ -55,3 +69,13 @@ bench-smoke: setup system-deps
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+
+# Rolling deploy end to end on systemd-nspawn test hosts (3 nodes + an nginx load balancer;
+# root; the hosts' Debian root is built once and cached in /var/cache/simple-tftpd-testbed).
+# `make test` runs it too. `make testbed-clean` removes what a killed run left behind.
+.PHONY: e2e testbed-clean
+e2e: setup system-deps
+	$(UV) run pytest tests/deploy -q -m e2e
+
+testbed-clean: setup
+	$(UV) run python -m testbed down

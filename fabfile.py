@@ -26,6 +26,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from deploy import PROJECT_ROOT, DeployError
+from deploy import certs as site_certs
 from deploy import cluster as cluster_commands
 from deploy.inventory import Node, Site, load_inventory
 from deploy.release import build_release
@@ -227,3 +228,37 @@ def site_sync_init(c: Context, inventory: str | None = None, host: str | None = 
     """`simple-tftpd site-sync-init` with the site id and its peer sites."""
     site = _site(inventory)
     _run_cluster(c, site, [cluster_commands.site_sync_init(site, host)])
+
+
+@task(
+    help={
+        "inventory": INVENTORY_HELP,
+        "pki": "the site's PKI directory (default: $SIMPLE_TFTPD_PKI/<site> or "
+        "~/.simple-tftpd/pki/<site>)",
+        "force": "re-issue every host certificate, due or not",
+        "renew_within": "renew host certificates that expire within this many days (default 30)",
+        "client": "also issue a client certificate with this name (map it in security.access)",
+        "revoke": "revoke this certificate file instead (add it to the CRL)",
+    }
+)
+@_operator_errors
+def certs(
+    c: Context,
+    inventory: str | None = None,
+    pki: str | None = None,
+    force: bool = False,
+    renew_within: int = site_certs.RENEW_WITHIN_DAYS,
+    client: str | None = None,
+    revoke: str | None = None,
+) -> None:
+    """Create the site CA if needed, issue or renew host certificates, re-sign the CRL."""
+    site = _site(inventory)
+    for line in site_certs.certs_task(
+        site,
+        Path(pki) if pki else None,
+        force=force,
+        renew_within_days=int(renew_within),
+        client=client,
+        revoke_path=revoke,
+    ):
+        _log(line)

@@ -12,9 +12,11 @@ from pathlib import Path
 import click
 
 from simple_tftpd import __version__
+from simple_tftpd.backup import commands as backup_commands
 from simple_tftpd.cluster import commands as cluster_commands
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
 from simple_tftpd.logs import setup_logging
+from simple_tftpd.tls import TlsError, TlsState
 
 
 def _fail(message: str) -> None:
@@ -76,6 +78,11 @@ def serve(
         else:
             _fail(f"tftp.root: {content_root} is not a directory; create it or set --root")
     setup_logging(config)
+    if config.api.enabled and config.security.tls.enabled:
+        try:
+            TlsState(config.security.tls)  # unusable files fail here, before any worker forks
+        except TlsError as exc:
+            _fail(f"cannot start: {exc}")
     try:
         sys.exit(_serve(config, config_path, overrides))
     except PermissionError as exc:
@@ -141,3 +148,4 @@ def version() -> None:
 
 cluster_commands.register(main)
 cluster_commands.register_site_sync(main)
+backup_commands.register(main)

@@ -31,9 +31,11 @@ from pydantic import (
 )
 
 __all__ = [
+    "AccessConfig",
     "ApiConfig",
     "BackupConfig",
     "CacheConfig",
+    "CertificateRole",
     "ClusteringConfig",
     "Config",
     "ConfigError",
@@ -54,10 +56,13 @@ __all__ = [
     "PortRange",
     "RemapRule",
     "ReplicationConfig",
+    "Role",
     "SecurityConfig",
     "SiteSyncConfig",
     "TftpConfig",
     "ThreadPoolConfig",
+    "TlsConfig",
+    "TokenRole",
     "WriteConfig",
     "apply_overrides",
     "load_config",
@@ -199,6 +204,18 @@ def _check_backup_location(value: str) -> str:
             raise ValueError('file locations need an absolute path, e.g. "file:///var/backups"')
     elif not parts.netloc:
         raise ValueError(f'{scheme} locations need a bucket or container, e.g. "{scheme}://name/"')
+    return value
+
+
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be an environment variable name: letters, digits and '_', not starting with "
+            'a digit, e.g. "SIMPLE_TFTPD_BACKUP_KEY"'
+        )
     return value
 
 
@@ -388,6 +405,19 @@ class ApiConfig(ConfigModel):
     bind: IpLiteral = "0.0.0.0"
     port: Port = 8080
     token: Token | None = Field(default=None, repr=False)
+    # A plain-HTTP listener with only health, readiness and metrics, for load balancer health
+    # checks and Prometheus when the API itself needs TLS and an identity. null: none.
+    metrics_port: Port | None = None
+    # null: api.bind.
+    metrics_bind: IpLiteral | None = None
+
+    @model_validator(mode="after")
+    def _metrics_port_free(self) -> Self:
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise _FieldProblem(
+                ("metrics_port",), "is the API port; give the metrics listener a port of its own"
+            )
+        return self
 
 
 class LoggingConfig(ConfigModel):
@@ -480,14 +510,25 @@ class MultiSiteConfig(ConfigModel):
 
 class BackupConfig(ConfigModel):
     enabled: bool = False
+    # Snapshot times, in UTC.
     schedule: Annotated[str, AfterValidator(_check_cron)] = "0 */6 * * *"
     retention_days: int = Field(default=90, ge=1, le=3650)
     locations: list[Annotated[str, AfterValidator(_check_backup_location)]] = []
     encryption: bool = True
+    # The 32-byte key (64 hex characters or base64) comes from a file or from the environment
+    # variable named here; it is never written to a location.
     key_file: FsPath | None = None
+    key_env: Annotated[str, AfterValidator(_check_env_name)] | None = None
+    # How often manifest changes are appended to each location's journal.
+    journal_seconds: float = Field(default=10.0, ge=0.1, le=3600)
 
     @model_validator(mode="after")
     def _usable(self) -> Self:
+        for index, location in enumerate(self.locations):
+            if location in self.locations[:index]:
+                raise _FieldProblem(("locations", index), "duplicate location")
+        if self.key_file is not None and self.key_env is not None:
+            raise _FieldProblem(("key_env",), "set key_file or key_env, not both")
         if not self.enabled:
             return self
         if not self.locations:
@@ -495,10 +536,12 @@ class BackupConfig(ConfigModel):
                 ("locations",),
                 'backups are enabled but no location is set; add e.g. "s3://bucket/tftp"',
             )
-        if self.encryption and self.key_file is None:
+        if self.encryption and self.key_file is None and self.key_env is None:
             # Refuse rather than silently writing unencrypted backups.
             raise _FieldProblem(
-                ("key_file",), "encryption is on but no key file is set; set key_file"
+                ("key_file",),
+                "encryption is on but no key is set; set key_file, or key_env to the name of "
+                "an environment variable holding the key",
             )
         return self
 
@@ -547,8 +590,100 @@ class NetworkSecurityConfig(ConfigModel):
     ddos_protection: DdosProtectionConfig = DdosProtectionConfig()
 
 
+class TlsConfig(ConfigModel):
+    """TLS 1.3 for the management API and for this node's own connections: blob pulls from
+    peers, site sync, etcd. The files are read at start and again on SIGHUP."""
+
+    enabled: bool = False
+    # PEM bundle of the trusted CAs: this site's CA, and the peer sites' CAs if they have
+    # their own. Client and server certificates are checked against it.
+    ca_file: FsPath | None = None
+    # This node's certificate (PEM, leaf first) and its key; the same pair serves the API and
+    # authenticates the node to peers, peer sites and etcd.
+    cert_file: FsPath | None = None
+    key_file: FsPath | None = None
+    # PEM CRLs, one per CA in ca_file; a revoked client certificate fails the handshake.
+    crl_file: FsPath | None = None
+    # false: a client may come without a certificate and authenticate with a token.
+    require_client_cert: bool = True
+
+    @model_validator(mode="after")
+    def _files_given(self) -> Self:
+        if self.enabled:
+            for key in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, key) is None:
+                    raise _FieldProblem(
+                        (key,), f"TLS is enabled but no {key} is set; `fab certs` writes one"
+                    )
+        return self
+
+
+def _check_identity_name(value: str) -> str:
+    if not value or len(value) > 253 or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        raise ValueError(
+            "must be 1-253 printable characters without spaces: a certificate's common name, "
+            'DNS name or IP address, e.g. "ops-dashboard.fra1.example.net"'
+        )
+    return value
+
+
+Role = Literal["read_only", "admin"]
+
+
+class CertificateRole(ConfigModel):
+    # Matched against the verified client certificate's subject common name and its DNS and
+    # IP subject alternative names.
+    name: Annotated[str, AfterValidator(_check_identity_name)]
+    role: Role
+
+
+class TokenRole(ConfigModel):
+    # Who the token belongs to: it shows in logs and cluster events, never the token itself.
+    name: Identifier
+    token: Token = Field(repr=False)
+    role: Role
+
+
+class AccessConfig(ConfigModel):
+    """Who may use the management API. Health and readiness are always open; everything else
+    needs a role when reads are not anonymous, and every change needs the admin role."""
+
+    # null: true without TLS (the API's reads stay open as before), false with TLS.
+    anonymous_read: bool | None = None
+    certificates: list[CertificateRole] = []
+    tokens: list[TokenRole] = []
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        names: dict[str, int] = {}
+        for index, cert in enumerate(self.certificates):
+            if cert.name in names:
+                raise _FieldProblem(
+                    ("certificates", index, "name"),
+                    f'"{cert.name}" is already mapped at certificates[{names[cert.name]}]',
+                )
+            names[cert.name] = index
+        seen: dict[str, int] = {}
+        tokens: dict[str, int] = {}
+        for index, token in enumerate(self.tokens):
+            if token.name in seen:
+                raise _FieldProblem(
+                    ("tokens", index, "name"),
+                    f"duplicate name (first used by tokens[{seen[token.name]}])",
+                )
+            if token.token in tokens:
+                raise _FieldProblem(
+                    ("tokens", index, "token"), f"same token as tokens[{tokens[token.token]}]"
+                )
+            seen[token.name] = index
+            tokens[token.token] = index
+        return self
+
+
 class SecurityConfig(ConfigModel):
     network: NetworkSecurityConfig = NetworkSecurityConfig()
+    tls: TlsConfig = TlsConfig()
+    access: AccessConfig = AccessConfig()
 
 
 class ConnectionPoolConfig(ConfigModel):
@@ -762,6 +897,39 @@ class Config(ConfigModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> Self:
+        tls, access = self.security.tls, self.security.access
+        for index, endpoint in enumerate(self.clustering.etcd_endpoints):
+            if endpoint.startswith("https://") and not tls.enabled:
+                # The daemon authenticates to etcd with its own certificate from security.tls.
+                raise _FieldProblem(
+                    ("clustering", "etcd_endpoints", index),
+                    "https endpoints need security.tls (the CA, and this node's certificate "
+                    "for etcd's client-cert-auth); enable it or use http://",
+                )
+        http = self.netboot.http
+        if tls.enabled and tls.require_client_cert and http.enabled and http.port is None:
+            raise _FieldProblem(
+                ("netboot", "http", "port"),
+                "the API requires client certificates, which boot firmware does not have; "
+                "give HTTP boot a port of its own",
+            )
+        if self.api.metrics_port is not None and self.api.metrics_port == http.port:
+            raise _FieldProblem(("api", "metrics_port"), "is netboot.http.port")
+        secrets = {
+            "api.token": self.api.token,
+            "multi_site.sync.token": self.multi_site.sync.token,
+        }
+        for index, token in enumerate(access.tokens):
+            for key, secret in secrets.items():
+                if token.token == secret:
+                    # One secret with two roles would make the weaker one meaningless.
+                    raise _FieldProblem(
+                        ("security", "access", "tokens", index, "token"), f"same token as {key}"
+                    )
+        return self
+
     def summary(self) -> dict[str, object]:
         """A small, JSON-friendly overview for status endpoints; never contains secrets."""
         return {
@@ -779,6 +947,7 @@ class Config(ConfigModel):
             "backup_enabled": self.backup.enabled,
             "netboot_enabled": self.netboot.enabled,
             "http_boot_enabled": self.netboot.http.enabled,
+            "tls_enabled": self.security.tls.enabled,
         }
 
 

@@ -7,13 +7,15 @@
   are passed on to the workers; a worker that dies is restarted.
 
 In both, SIGTERM drains (no new transfers, running ones finish within tftp.drain_timeout)
-and SIGHUP reloads the config file.
+and SIGHUP reloads the config file, and with it the TLS certificate, CA bundle and CRL: new
+connections get them, open connections and transfers carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import io
 import logging
 import os
@@ -26,7 +28,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from simple_tftpd import __version__
-from simple_tftpd.api import build_app
+from simple_tftpd.access import AccessPolicy
+from simple_tftpd.api import build_app, build_monitoring_app
+from simple_tftpd.backup.job import BackupJob
+from simple_tftpd.backup.routes import add_routes as add_backup_routes
 from simple_tftpd.cluster.node import ClusterNode
 from simple_tftpd.cluster.routes import add_routes as add_cluster_routes
 from simple_tftpd.cluster.sitesync import SiteSync
@@ -34,6 +39,7 @@ from simple_tftpd.cluster.sitesync import add_routes as add_sync_routes
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
 from simple_tftpd.metrics import Metrics, render_all_workers
 from simple_tftpd.server import TftpServer
+from simple_tftpd.tls import TlsState, restart_only_changes
 
 log = logging.getLogger("simple_tftpd")
 
@@ -62,7 +68,22 @@ def reload_config(
     performance = new.performance.model_copy(
         update={"thread_pool": running.performance.thread_pool}
     )
-    return new.model_copy(update={"tftp": tftp, "api": running.api, "performance": performance})
+    security = new.security
+    restart_only = list(restart_only_changes(running.security.tls, security.tls))
+    if restart_only:
+        log.warning(
+            "SIGHUP: security.tls %s changed; TLS keeps its running settings until restart",
+            ", ".join(restart_only),
+        )
+        security = security.model_copy(update={"tls": running.security.tls})
+    return new.model_copy(
+        update={
+            "tftp": tftp,
+            "api": running.api,
+            "performance": performance,
+            "security": security,
+        }
+    )
 
 
 class ApiHost:
@@ -73,6 +94,9 @@ class ApiHost:
     metrics: Metrics
     cluster: ClusterNode | None = None
     site_sync: SiteSync | None = None
+    backup: BackupJob | None = None
+    tls: TlsState | None = None
+    access: AccessPolicy
 
     def readiness_problems(self) -> list[str]:
         raise NotImplementedError
@@ -87,32 +111,66 @@ class ApiHost:
         api = self.config.api
         if not api.enabled:
             return None
+        self.access = AccessPolicy(self.config)
+        if self.config.security.tls.enabled:
+            self.tls = TlsState(self.config.security.tls)
+            self.metrics.tls_certificate_expiry.set(self.tls.material.not_after)
         app = build_app(self)
+        if api.metrics_port is not None:
+            _add_monitoring_listener(app, self)
         if self.config.clustering.enabled:
             # The cluster node lives beside the API: it serves files and blobs through it.
-            self.cluster = ClusterNode(self.config, self.metrics)
+            self.cluster = ClusterNode(self.config, self.metrics, self.tls)
             add_cluster_routes(app, self.cluster)
             multi_site = self.config.multi_site
             if multi_site.enabled and multi_site.sync.enabled:
                 self.site_sync = SiteSync(self.cluster)
                 add_sync_routes(app, self.site_sync)
+            if self.config.backup.enabled:
+                # The site leader backs up the manifest and blobs this node holds.
+                self.backup = BackupJob(self.cluster)
+                add_backup_routes(app, self.backup)
+        elif self.config.backup.enabled:
+            log.warning("backup.enabled needs clustering (backups are of the site manifest)")
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, api.bind, api.port, reuse_address=True).start()
-        log.info("management API on %s port %d", api.bind, api.port)
+        listening = self.tls.listening if self.tls is not None else None
+        await web.TCPSite(
+            runner, api.bind, api.port, reuse_address=True, ssl_context=listening
+        ).start()
+        log.info(
+            "management API on %s port %d (%s)",
+            api.bind,
+            api.port,
+            f"TLS 1.3, certificate valid until {self.tls.expires()}" if self.tls else "plain HTTP",
+        )
         if self.cluster is not None:
             await self.cluster.start()
         if self.site_sync is not None:
             await self.site_sync.start()
+        if self.backup is not None:
+            await self.backup.start()
         return runner
 
     async def stop_api(self, runner: web.AppRunner | None) -> None:
+        if self.backup is not None:
+            await self.backup.stop()
         if self.site_sync is not None:
             await self.site_sync.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         if runner is not None:
             await runner.cleanup()
+
+    def reload_api(self, config: Config) -> None:
+        """SIGHUP for what the API serves: roles and tokens, then the TLS files."""
+        if not config.api.enabled:
+            return
+        self.access = AccessPolicy(config)
+        if self.tls is not None:
+            ok = self.tls.reload(config.security.tls)
+            self.metrics.tls_reloads.labels("ok" if ok else "failed").inc()
+            self.metrics.tls_certificate_expiry.set(self.tls.material.not_after)
 
     def _base_status(self) -> dict[str, Any]:
         return {
@@ -169,6 +227,8 @@ class Daemon(ApiHost):
         if new is not None:
             self.config = new
             self.server.apply(new)
+            if self.workers == 1:
+                self.reload_api(new)
             log.info("SIGHUP: configuration reloaded")
 
     async def run(self) -> None:
@@ -259,7 +319,7 @@ class Supervisor(ApiHost):
         }
 
     def render_metrics(self) -> bytes:
-        return render_all_workers()
+        return render_all_workers([os.getpid(), *(pid for pid in self.pids if pid is not None)])
 
     def _signal_workers(self, signum: int) -> None:
         for pid in self.pids:
@@ -272,6 +332,7 @@ class Supervisor(ApiHost):
         if new is not None:
             self.config = new
             self._signal_workers(signal.SIGHUP)  # each worker re-reads and re-checks the file
+            self.reload_api(new)
             log.info("SIGHUP: configuration reloaded")
 
     def _reap(self) -> list[tuple[int, int]]:
@@ -324,6 +385,26 @@ class Supervisor(ApiHost):
         return 0 if all(code == 0 for code in codes) else 1
 
 
+def _add_monitoring_listener(app: web.Application, host: ApiHost) -> None:
+    """Health, readiness and metrics on `api.metrics_port`, started and stopped with the API."""
+    api = host.config.api
+    runner = web.AppRunner(build_monitoring_app(host), access_log=None)
+    bind = api.metrics_bind or api.bind
+    port = api.metrics_port
+
+    async def start(app: web.Application) -> None:
+        await runner.setup()
+        # asyncio makes a "::" socket IPv6-only; None listens on every address instead.
+        await web.TCPSite(runner, None if bind == "::" else bind, port, reuse_address=True).start()
+        log.info("health and metrics (plain HTTP) on %s port %s", bind, port)
+
+    async def stop(app: web.Application) -> None:
+        await runner.cleanup()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
 def dump_tasks() -> None:
     """SIGUSR1: log where every asyncio task is waiting (for diagnosing a stuck daemon)."""
     for task in asyncio.all_tasks():
@@ -333,11 +414,15 @@ def dump_tasks() -> None:
 
 
 def _forget_parent_loop() -> None:
-    """In a forked worker: drop the supervisor's loop state so a fresh loop can run."""
+    """In a forked worker: drop the supervisor's loop state so a fresh loop can run, and
+    drain when the supervisor dies (even by SIGKILL) instead of holding the port forever."""
     asyncio.events._set_running_loop(None)
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _remove_worker_files(pid: int) -> None:

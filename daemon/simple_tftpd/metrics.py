@@ -3,14 +3,21 @@
 With several worker processes, prometheus-client's multiprocess mode is on (the supervisor
 sets PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client): each worker writes
 its values to files there and the supervisor's API adds them up. Gauges say how.
+
+Dashboards and alert rules (templates/grafana, templates/prometheus) query these names; a test
+scrapes a live daemon and fails if one of them is missing here.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -140,6 +147,56 @@ class Metrics:
             registry=r,
         )
 
+        # Backups, per location (set by the site leader, which runs them).
+        self.backup_runs = Counter(
+            "simple_tftpd_backup_runs",
+            "Snapshot runs by location and outcome (ok, failed)",
+            ["location", "outcome"],
+            registry=r,
+        )
+        self.backup_last_outcome = Gauge(
+            "simple_tftpd_backup_last_outcome",
+            "1 if the last snapshot to a location succeeded, 0 if it failed",
+            ["location"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.backup_last_success = Gauge(
+            "simple_tftpd_backup_last_success_timestamp_seconds",
+            "When the last successful snapshot to a location finished",
+            ["location"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.backup_last_duration = Gauge(
+            "simple_tftpd_backup_last_duration_seconds",
+            "How long the last snapshot to a location took",
+            ["location"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.backup_last_size = Gauge(
+            "simple_tftpd_backup_last_size_bytes",
+            "Bytes of file content in the last successful snapshot",
+            ["location"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.backup_last_uploaded = Gauge(
+            "simple_tftpd_backup_last_uploaded_bytes",
+            "Bytes the last successful snapshot uploaded (new blobs and the snapshot itself)",
+            ["location"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.backup_journal_timestamp = Gauge(
+            "simple_tftpd_backup_journal_timestamp_seconds",
+            "Every manifest change up to this time is in the location's journal",
+            ["location"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
         # Reads over both boot protocols, TFTP and HTTP. Which machine fetched what is in the
         # transfer log: client addresses and MACs as labels would grow without bound.
         self.fetches = Counter(
@@ -155,12 +212,96 @@ class Metrics:
             registry=r,
         )
 
+        # TLS and access control of the management API (set by the process that serves it).
+        self.tls_certificate_expiry = Gauge(
+            "simple_tftpd_tls_certificate_expiry_timestamp_seconds",
+            "When this node's TLS certificate expires (0 without TLS)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.tls_reloads = Counter(
+            "simple_tftpd_tls_reloads",
+            "Reloads of the TLS files on SIGHUP by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.api_refused = Counter(
+            "simple_tftpd_api_refused_requests",
+            "API requests refused: 401 without an identity, 403 without the role",
+            ["status"],
+            registry=r,
+        )
+        # The process's own CPU and memory; the supervisor reports its workers' too.
+        r.register(ProcessTreeCollector(lambda: [os.getpid()]))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-def render_all_workers() -> bytes:
-    """The sum over every worker process (multiprocess mode only)."""
+def render_all_workers(pids: Iterable[int]) -> bytes:
+    """The sum over every worker process (multiprocess mode only); `pids` are the daemon's
+    processes (supervisor and workers) for the CPU and memory figures."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry, os.environ[MULTIPROC_ENV])  # type: ignore[no-untyped-call]
+    pid_list = list(pids)
+    registry.register(ProcessTreeCollector(lambda: pid_list))
     return generate_latest(registry)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessTreeCollector(Collector):
+    """CPU, memory and open files of the daemon's processes, added up, under one set of names
+    whatever the worker count (prometheus-client's own process metrics see one process).
+
+    Memory is the proportional set size: forked workers share most pages with the supervisor,
+    and adding up their resident sizes would count those pages once per worker."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self._pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = memory = fds = processes = 0.0
+        for pid in self._pids():
+            try:
+                cpu += _cpu_seconds(pid)
+                memory += _memory_bytes(pid)
+                fds += len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:  # gone (a worker being restarted) or not Linux
+                continue
+            processes += 1
+        yield CounterMetricFamily(
+            "simple_tftpd_process_cpu_seconds", "CPU time of the daemon's processes", value=cpu
+        )
+        yield GaugeMetricFamily(
+            "simple_tftpd_process_memory_bytes",
+            "Proportional set size (PSS) of the daemon's processes",
+            value=memory,
+        )
+        yield GaugeMetricFamily(
+            "simple_tftpd_process_open_fds", "Open file descriptors of the daemon", value=fds
+        )
+        yield GaugeMetricFamily(
+            "simple_tftpd_processes", "Processes of the daemon (supervisor, workers)", processes
+        )
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        # The command name may hold spaces and parentheses; the fields follow the last ")".
+        fields = file.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def _memory_bytes(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as file:
+            for line in file:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass  # kernels before 4.14: fall back to the resident size
+    with open(f"/proc/{pid}/statm", "rb") as file:
+        return int(file.read().split()[1]) * float(_PAGE)

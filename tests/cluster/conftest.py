@@ -76,10 +76,9 @@ class Site:
     ) -> tuple[int, Any]:
         all_headers = {"Authorization": f"Bearer {token}"} if token else {}
         all_headers.update(headers or {})
-        url = f"http://127.0.0.1:{node.api_port}{path}"
-        req = urllib.request.Request(url, body, all_headers, method=method)
+        req = urllib.request.Request(node.url(path), body, all_headers, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=15) as response:
+            with urllib.request.urlopen(req, timeout=15, context=node.client_ssl) as response:
                 return int(response.status), json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             return int(exc.code), json.loads(exc.read() or b"null")

@@ -251,7 +251,10 @@ def test_lying_or_unauthorised_peers_are_refused(world: World, token: str) -> No
 
 def test_changes_feed_needs_the_sync_token(world: World) -> None:
     a = world.sites["a"]
+    # The admin token is an identity, but not one that may follow the change feed.
     status, body = a.request(a.nodes[0], "GET", "/api/v1/sync/changes?since=0", token=TOKEN)
+    assert status == 403 and "site-sync token" in body["error"]
+    status, body = a.request(a.nodes[0], "GET", "/api/v1/sync/changes?since=0", token=None)
     assert status == 401 and "site-sync token" in body["error"]
     status, body = a.request(a.nodes[0], "GET", "/api/v1/sync/changes?since=0", token=SYNC_TOKEN)
     assert status == 200 and body["site_id"] == "site-a"

@@ -77,7 +77,7 @@ def idle_after(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "daemon" in request.fixturenames:
         daemon: Daemon = request.getfixturevalue("daemon")
-        assert wait_for(lambda: daemon.metrics()["simple_tftpd_active_sessions"] == 0, 10)
+        assert wait_for(lambda: daemon.metrics()["simple_tftpd_active_sessions"] == 0, 30)
 
 
 def error_of(result: object) -> Error:

@@ -1,5 +1,6 @@
 """Run a real simple-tftpd process for tests: free ports, a config file, bounded waits,
-and a stop by PID."""
+and a stop by PID. A daemon whose config enables `security.tls` is spoken to over https with
+`client_ssl` (the CA, and a client certificate when the daemon requires one)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -61,9 +63,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 class Daemon:
     """One daemon process. `config` is merged over a loopback test config."""
 
-    def __init__(self, workdir: Path, root: Path, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        root: Path,
+        config: dict[str, Any] | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> None:
         self.workdir = workdir
         self.root = root
+        self.client_ssl = client_ssl
         self.port = free_port()
         self.api_port = free_port(socket.SOCK_STREAM)
         base = {
@@ -109,10 +118,19 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def scheme(self) -> str:
+        tls = self.config.get("security", {}).get("tls", {})
+        return "https" if tls.get("enabled") else "http"
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.api_port}{path}"
+
     def get(self, path: str) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{self.api_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(
+                self.url(path), timeout=5, context=self.client_ssl
+            ) as response:
                 return int(response.status), response.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()

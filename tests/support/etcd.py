@@ -1,29 +1,69 @@
-"""A real etcd cluster on loopback for tests (Debian `etcd-server`), started and stopped by PID."""
+"""A real etcd cluster on loopback for tests (Debian `etcd-server`), started and stopped by PID.
+
+With `tls`, client and peer traffic are mutual TLS, set up by the environment that
+`templates/etcd/etcd-tls.env.j2` renders for a site's members: the template is what is tested."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+
+import jinja2
 
 from tests.support.daemon import free_port
 
 START_TIMEOUT = 30.0
+TLS_TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "etcd" / "etcd-tls.env.j2"
 
 
 def etcd_available() -> bool:
     return shutil.which("etcd") is not None
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """The member's certificate (also its peer and client certificate) and the CA bundle."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    crl_file: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
+
+    def environment(self, member: str) -> dict[str, str]:
+        """The ETCD_* variables the site template sets (systemd reads the same lines)."""
+        template = jinja2.Template(TLS_TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
+        text = template.render(
+            node=SimpleNamespace(name=member),
+            site="tests",
+            etcd_tls=SimpleNamespace(
+                ca=self.ca_file, cert=self.cert_file, key=self.key_file, crl=self.crl_file
+            ),
+        )
+        lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+        return dict(line.split("=", 1) for line in lines)
+
+
 class EtcdMember:
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, tls: EtcdTls | None = None) -> None:
         self.name = name
+        self.tls = tls
+        self.scheme = "https" if tls is not None else "http"
         self.data_dir = workdir / name
         self.client_port = free_port(socket.SOCK_STREAM)
         self.peer_port = free_port(socket.SOCK_STREAM)
@@ -35,14 +75,18 @@ class EtcdMember:
         return f"127.0.0.1:{self.client_port}"
 
     @property
+    def client_url(self) -> str:
+        return f"{self.scheme}://{self.endpoint}"
+
+    @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.scheme}://127.0.0.1:{self.peer_port}"
 
     def start(self, initial_cluster: str, state: str = "new") -> None:
         argv = [
             "etcd", "--name", self.name, "--data-dir", str(self.data_dir),
-            "--listen-client-urls", f"http://{self.endpoint}",
-            "--advertise-client-urls", f"http://{self.endpoint}",
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", self.peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", initial_cluster,
@@ -51,12 +95,17 @@ class EtcdMember:
             # Fast elections on loopback keep failover tests short.
             "--heartbeat-interval", "50", "--election-timeout", "500",
         ]  # fmt: skip
+        env = dict(os.environ)
+        if self.tls is not None:
+            env.update(self.tls.environment(self.name))
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
+            context = self.tls.client_context() if self.tls is not None else None
+            url = f"{self.client_url}/health"
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, ValueError):
             return False
@@ -76,13 +125,14 @@ class EtcdMember:
 
 
 class EtcdCluster:
-    def __init__(self, workdir: Path, size: int = 3) -> None:
-        self.members = [EtcdMember(f"etcd{i}", workdir) for i in range(size)]
+    def __init__(self, workdir: Path, size: int = 3, tls: EtcdTls | None = None) -> None:
+        self.members = [EtcdMember(f"etcd{i}", workdir, tls) for i in range(size)]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property
     def endpoints(self) -> list[str]:
-        return [m.endpoint for m in self.members]
+        # Plain ones stay "host:port", as the cluster tests have always configured them.
+        return [m.client_url if m.tls else m.endpoint for m in self.members]
 
     def start(self) -> EtcdCluster:
         for member in self.members:

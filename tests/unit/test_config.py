@@ -28,6 +28,18 @@ def firewall(*rules: dict[str, Any]) -> dict[str, Any]:
     return {"security": {"network": {"firewall": {"rules": list(rules)}}}}
 
 
+TLS_ON = {"enabled": True, "ca_file": "/ca.pem", "cert_file": "/n.pem", "key_file": "/n.key"}
+TOKEN_ROLE = {"name": "ci", "token": "t" * 16, "role": "admin"}
+
+
+def tls(section: dict[str, Any]) -> dict[str, Any]:
+    return {"security": {"tls": section}}
+
+
+def access(section: dict[str, Any]) -> dict[str, Any]:
+    return {"security": {"access": section}}
+
+
 def problems_of(data: object) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
@@ -160,6 +172,10 @@ BAD_INPUTS = [
     ({"backup": {"locations": ["file://relative"]}}, "backup.locations[0]", "absolute path"),
     ({"backup": {"enabled": True}}, "backup.locations", "no location"),
     ({"backup": {"enabled": True, "locations": ["s3://b/p"]}}, "backup.key_file", "encryption"),
+    ({"backup": {"key_file": "/k", "key_env": "KEY"}}, "backup.key_env", "not both"),
+    ({"backup": {"key_env": "1-KEY"}}, "backup.key_env", "environment variable name"),
+    ({"backup": {"journal_seconds": 0}}, "backup.journal_seconds", "greater than or equal"),
+    ({"backup": {"locations": ["s3://b/p", "s3://b/p"]}}, "backup.locations[1]", "duplicate"),
     ({"backup": {"retention_days": 0}}, "backup.retention_days", "greater than or equal to 1"),
     (
         firewall({**RULE, "sources": ["10.0.0.0/8", "10.0.0.1/8"]}),
@@ -201,6 +217,52 @@ BAD_INPUTS = [
     ({"tftp": []}, "tftp", "must be a JSON object"),
     ({"tftp": {"a.b": 1}}, 'tftp["a.b"]', "unknown key"),
     ([], "<config>", "must be a JSON object"),
+    ({"api": {"metrics_port": 8080}}, "api.metrics_port", "is the API port"),
+    ({"api": {"metrics_bind": "metrics"}}, "api.metrics_bind", "IPv4 or IPv6"),
+    (tls({"enabled": True}), "security.tls.ca_file", "no ca_file is set; `fab certs`"),
+    (tls({"enabled": True, "ca_file": "/ca"}), "security.tls.cert_file", "no cert_file"),
+    (tls({"min_version": "1.2"}), "security.tls.min_version", "unknown key"),
+    (
+        {"clustering": {"etcd_endpoints": ["http://e:2379", "https://e:2379"]}},
+        "clustering.etcd_endpoints[1]",
+        "https endpoints need security.tls",
+    ),
+    (
+        {**tls(TLS_ON), "netboot": {"http": {"enabled": True}}},
+        "netboot.http.port",
+        "client certificates, which boot firmware does not have",
+    ),
+    (access({"anonymous_read": "yes"}), "security.access.anonymous_read", "valid boolean"),
+    (
+        access({"certificates": [{"name": "ops", "role": "root"}]}),
+        "security.access.certificates[0].role",
+        "'read_only' or 'admin'",
+    ),
+    (
+        access({"certificates": [{"name": "has space", "role": "admin"}]}),
+        "security.access.certificates[0].name",
+        "printable characters without spaces",
+    ),
+    (
+        access({"certificates": [{"name": "a", "role": "admin"}, {"name": "a", "role": "admin"}]}),
+        "security.access.certificates[1].name",
+        "already mapped at certificates[0]",
+    ),
+    (
+        access({"tokens": [{"name": "ci", "token": "short", "role": "admin"}]}),
+        "security.access.tokens[0].token",
+        "at least 16 characters",
+    ),
+    (
+        access({"tokens": [{"name": "a", "token": "t" * 16, "role": "admin"}] * 2}),
+        "security.access.tokens[1].name",
+        "duplicate name",
+    ),
+    (
+        {"api": {"token": "t" * 16}, **access({"tokens": [TOKEN_ROLE]})},
+        "security.access.tokens[0].token",
+        "same token as api.token",
+    ),
 ]
 
 
@@ -227,8 +289,14 @@ def test_scalar_input_is_echoed() -> None:
 
 def test_tokens_are_never_echoed() -> None:
     secret = "hunter2-secret"
-    for data in ({"api": {"token": secret}}, {"multi_site": {"sync": {"token": secret}}}):
+    for data in (
+        {"api": {"token": secret}},
+        {"multi_site": {"sync": {"token": secret}}},
+        access({"tokens": [{**TOKEN_ROLE, "token": secret}]}),
+    ):
         assert all(secret not in problem for problem in problems_of(data))
+    roles = parse_config(access({"tokens": [TOKEN_ROLE]}))
+    assert TOKEN_ROLE["token"] not in repr(roles)
     config = parse_config({"api": {"token": "a" * 32}, "multi_site": {"sync": {"token": "b" * 32}}})
     assert "a" * 32 not in repr(config)
     assert "b" * 32 not in repr(config)
@@ -361,6 +429,14 @@ def test_valid_values_are_accepted() -> None:
     )
     assert config.tftp.timeout == 2.0
     assert config.backup.schedule == "*/15 0-23/2 1,15 1-12 0-7"
+
+
+def test_backup_key_from_the_environment_is_enough() -> None:
+    backup = {"enabled": True, "locations": ["gs://b/p"], "key_env": "SIMPLE_TFTPD_BACKUP_KEY"}
+    config = parse_config({"backup": backup})
+    assert config.backup.key_env == "SIMPLE_TFTPD_BACKUP_KEY" and config.backup.key_file is None
+    plain = parse_config({"backup": {**backup, "key_env": None, "encryption": False}})
+    assert not plain.backup.encryption
 
 
 def test_summary_has_no_secrets() -> None:

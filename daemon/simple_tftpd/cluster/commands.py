@@ -1,5 +1,10 @@
 """Cluster and file commands of the CLI. They talk to a node's management API (or, for
-cluster-init, to etcd), so they work from any host that reaches the node."""
+cluster-init, to etcd), so they work from any host that reaches the node.
+
+With TLS, a command verifies the node against a CA bundle and may authenticate with a client
+certificate: `--cacert/--cert/--cert-key` (or $SIMPLE_TFTPD_CACERT/_CERT/_CERT_KEY), else
+the files of `security.tls` in `--config`. A CA bundle makes "host:port" mean https.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +12,107 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from simple_tftpd.cluster.etcd import ClusterUnavailable, Etcd, Keys
-from simple_tftpd.config import ConfigError, load_config
+from simple_tftpd.config import Config, ConfigError, TlsConfig, load_config
+from simple_tftpd.tls import MIN_VERSION, TlsError, TlsMaterial, read_material
 
 HTTP_TIMEOUT = 30
+_TLS_META = "simple_tftpd.client_tls"
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How a command verifies a node (CA bundle) and proves who it is (certificate, key)."""
+
+    cacert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @classmethod
+    def resolve(cls, config: Config | None) -> ClientTls:
+        """Options and environment first, then `security.tls` of the config."""
+        context = click.get_current_context(silent=True)
+        given: dict[str, Path | None] = dict(context.meta.get(_TLS_META, {})) if context else {}
+        tls = config.security.tls if config is not None else None
+        if tls is not None and tls.enabled:
+            given.setdefault("cacert", tls.ca_file)
+            given.setdefault("cert", tls.cert_file)
+            given.setdefault("key", tls.key_file)
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+    @property
+    def enabled(self) -> bool:
+        return self.cacert is not None or self.cert is not None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.cacert) if self.cacert else None)
+        context.minimum_version = MIN_VERSION
+        try:
+            if self.cert is not None:
+                context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise click.ClickException(f"cannot load the client certificate: {exc}") from None
+        return context
+
+    def material(self) -> TlsMaterial:
+        """The same files for etcd (cluster-init against https:// endpoints)."""
+        if self.cacert is None or self.cert is None or self.key is None:
+            raise click.UsageError("https etcd endpoints need --cacert, --cert and --cert-key")
+        files = TlsConfig(enabled=True, ca_file=self.cacert, cert_file=self.cert, key_file=self.key)
+        try:
+            return read_material(files)
+        except TlsError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _load(config_path: Path | None) -> Config | None:
+    if config_path is None:
+        return None
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from None
 
 
 class ApiTarget:
     """Where a command sends its requests, from --api/--token or from a config file."""
 
-    def __init__(self, api: str | None, token: str | None, config_path: Path | None) -> None:
-        config = None
-        if config_path is not None:
-            try:
-                config = load_config(config_path)
-            except ConfigError as exc:
-                raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    def __init__(
+        self,
+        api: str | None,
+        token: str | None,
+        config_path: Path | None,
+        tls: ClientTls | None = None,
+    ) -> None:
+        config = _load(config_path)
+        self.tls = tls or ClientTls.resolve(config)
+        scheme = "https" if self.tls.enabled else "http"
         if api is None:
             if config is not None:
-                host = (
+                api = (
                     config.clustering.advertise or f"{_loopback(config.api.bind)}:{config.api.port}"
                 )
-                api = f"http://{host}"
             else:
-                api = "http://127.0.0.1:8080"
-        self.base = api if "://" in api else f"http://{api}"
+                api = "127.0.0.1:8080"
+        self.base = api if "://" in api else f"{scheme}://{api}"
         self.token = (
             token
             or os.environ.get("SIMPLE_TFTPD_TOKEN")
             or (config.api.token if config is not None else None)
         )
+        self._context = self.tls.context() if self.base.startswith("https://") else None
 
     def request(
         self,
@@ -60,7 +126,9 @@ class ApiTarget:
             all_headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(self.base + path, body, all_headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+            with urllib.request.urlopen(
+                request, timeout=HTTP_TIMEOUT, context=self._context
+            ) as response:
                 return int(response.status), json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             payload = exc.read()
@@ -86,6 +154,44 @@ def _emit(status: int, payload: Any, ok: tuple[int, ...] = (200, 201)) -> None:
         sys.exit(1)
 
 
+def _remember_tls(context: click.Context, param: click.Parameter, value: Path | None) -> None:
+    # Kept in the context rather than passed on, so every command (and ApiTarget built
+    # anywhere during it) gets them without another parameter.
+    if value is not None and param.name is not None:
+        context.meta.setdefault(_TLS_META, {})[param.name] = value
+
+
+def _tls_option(name: str, dest: str, envvar: str, help: str) -> Any:
+    return click.option(
+        name,
+        dest,
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar=envvar,
+        expose_value=False,
+        callback=_remember_tls,
+        help=help,
+    )
+
+
+tls_options = [
+    _tls_option(
+        "--cacert",
+        "cacert",
+        "SIMPLE_TFTPD_CACERT",
+        "CA bundle that verifies the node (https); default: security.tls.ca_file of --config.",
+    ),
+    _tls_option(
+        "--cert",
+        "cert",
+        "SIMPLE_TFTPD_CERT",
+        "Client certificate (PEM) to authenticate with; default: security.tls of --config.",
+    ),
+    # Not --key: backup commands also take --key-file, the backup key.
+    _tls_option(
+        "--cert-key", "key", "SIMPLE_TFTPD_CERT_KEY", "Key of --cert (if not in the same file)."
+    ),
+]
+
 target_options = [
     click.option(
         "--api", help="Node API (host:port or URL); default from --config or 127.0.0.1:8080."
@@ -97,9 +203,16 @@ target_options = [
         "--config",
         "config_path",
         type=click.Path(path_type=Path, dir_okay=False),
-        help="Read the API address and token from this daemon config.",
+        help="Read the API address, token and TLS files from this daemon config.",
     ),
+    *tls_options,
 ]
+
+
+def with_tls(func: Any) -> Any:
+    for option in reversed(tls_options):
+        func = option(func)
+    return func
 
 
 def with_target(func: Any) -> Any:
@@ -117,6 +230,7 @@ def register(main: click.Group) -> None:
         "--etcd", "etcd_endpoints", help="etcd endpoints, comma separated (default: config)."
     )
     @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False))
+    @with_tls
     def cluster_init(
         cluster_id: str,
         node_id: str,
@@ -131,6 +245,8 @@ def register(main: click.Group) -> None:
                 "give 3, 5 or 7 nodes (an odd number, for quorum)", param_hint="--nodes"
             )
         endpoints = _etcd_endpoints(etcd_endpoints, config_path)
+        secure = any(e.startswith("https://") for e in endpoints)
+        material = ClientTls.resolve(_load(config_path)).material() if secure else None
         record = {
             "cluster_id": cluster_id,
             "nodes": node_list,
@@ -138,7 +254,7 @@ def register(main: click.Group) -> None:
             "by": node_id,
         }
         try:
-            created, existing = asyncio.run(_init(endpoints, cluster_id, record))
+            created, existing = asyncio.run(_init(endpoints, cluster_id, record, material))
         except ClusterUnavailable as exc:
             raise click.ClickException(f"etcd unavailable, nothing was changed: {exc}") from None
         if not created and existing.get("nodes") != node_list:
@@ -159,6 +275,7 @@ def register(main: click.Group) -> None:
     )
     @click.option("--token", help="Admin token (default: $SIMPLE_TFTPD_TOKEN or --config).")
     @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False))
+    @with_tls
     def cluster_join(
         cluster_id: str,
         node_id: str,
@@ -313,17 +430,21 @@ def _etcd_endpoints(option: str | None, config_path: Path | None) -> list[str]:
         return [e.strip() for e in option.split(",") if e.strip()]
     if config_path is None:
         raise click.UsageError("give --etcd ENDPOINTS or --config FILE")
-    try:
-        endpoints = load_config(config_path).clustering.etcd_endpoints
-    except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from None
+    config = _load(config_path)
+    assert config is not None
+    endpoints = config.clustering.etcd_endpoints
     if not endpoints:
         raise click.UsageError("the config has no clustering.etcd_endpoints")
     return endpoints
 
 
-async def _init(endpoints: list[str], cluster_id: str, record: dict[str, Any]) -> tuple[bool, Any]:
-    etcd = Etcd(endpoints)
+async def _init(
+    endpoints: list[str],
+    cluster_id: str,
+    record: dict[str, Any],
+    material: TlsMaterial | None,
+) -> tuple[bool, Any]:
+    etcd = Etcd(endpoints, (lambda: material) if material is not None else None)
     key = Keys(cluster_id).cluster
     value = json.dumps(record).encode()
     try:

@@ -2,6 +2,10 @@
 
 aetcd talks to one endpoint; when that member dies or loses quorum, calls fail and we move on
 to the next endpoint of the configured list. Every call is bounded by `CALL_TIMEOUT`.
+
+`https://` endpoints are reached over mutual TLS with the node's own certificate (etcd's
+--client-cert-auth): aetcd 1.0 only opens plaintext gRPC channels, so `_TlsClient` opens a
+secure one and sets up the same stubs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aetcd
+import aetcd.rpc
+import aetcd.watcher
+import grpc  # type: ignore[import-untyped]
+
+from simple_tftpd.tls import TlsMaterial
 
 log = logging.getLogger("simple_tftpd.cluster")
 
@@ -25,10 +34,41 @@ class ClusterUnavailable(Exception):
     """No etcd endpoint answered with quorum: cluster writes are refused."""
 
 
-def _host_port(endpoint: str) -> tuple[str, int]:
-    rest = endpoint.split("://", 1)[-1].rstrip("/")
-    host, _, port = rest.rpartition(":")
-    return host.strip("[]"), int(port)
+def _host_port(endpoint: str) -> tuple[str, int, bool]:
+    """(host, port, whether the endpoint wants TLS)."""
+    scheme, sep, rest = endpoint.rpartition("://")
+    host, _, port = rest.rstrip("/").rpartition(":")
+    return host.strip("[]"), int(port), sep != "" and scheme == "https"
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no types
+    """aetcd.Client on a TLS channel. Its `connect` only builds a channel and stubs (it
+    touches the network first at the first call), so doing the same with a secure channel
+    keeps every other method of the client as it is."""
+
+    def __init__(self, host: str, port: int, timeout: int, material: TlsMaterial) -> None:
+        super().__init__(host=host, port=port, timeout=timeout)
+        self._credentials = grpc.ssl_channel_credentials(
+            root_certificates=material.ca,
+            private_key=material.key,
+            certificate_chain=material.cert,
+        )
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        rpc = aetcd.rpc
+        self.channel = rpc.secure_channel(
+            f"{self._host}:{self._port}", self._credentials, options=self._options.items()
+        )
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+        )
+        self._connected.set()
 
 
 class Keys:
@@ -53,21 +93,30 @@ class Keys:
 
 
 class Etcd:
-    def __init__(self, endpoints: Sequence[str]) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], tls: Callable[[], TlsMaterial] | None = None
+    ) -> None:
         self.endpoints = [_host_port(e) for e in endpoints]
+        self._tls = tls
         self._index = 0
         self._client: aetcd.Client | None = None
         self._lock = asyncio.Lock()
 
     @property
     def endpoint(self) -> str:
-        host, port = self.endpoints[self._index]
-        return f"{host}:{port}"
+        host, port, secure = self.endpoints[self._index]
+        return f"{'https://' if secure else ''}{host}:{port}"
 
     async def _connect(self) -> aetcd.Client:
         if self._client is None:
-            host, port = self.endpoints[self._index]
-            client = aetcd.Client(host=host, port=port, timeout=int(CALL_TIMEOUT))
+            host, port, secure = self.endpoints[self._index]
+            if secure:
+                if self._tls is None:
+                    raise ClusterUnavailable(f"{self.endpoint} needs TLS; set security.tls")
+                # Read at each (re)connect, so a renewed certificate is used from then on.
+                client = _TlsClient(host, port, int(CALL_TIMEOUT), self._tls())
+            else:
+                client = aetcd.Client(host=host, port=port, timeout=int(CALL_TIMEOUT))
             await client.connect()
             self._client = client
         return self._client

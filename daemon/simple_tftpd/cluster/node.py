@@ -8,6 +8,8 @@
   tombstone). Every node watches the manifest, pulls missing blobs from peers over the API,
   verifies them, and only then switches the served file (see blobs.publish). A full
   reconcile at start and every `resync_seconds` catches up after downtime or a lost watch.
+- With `security.tls`, blobs travel over mutual TLS: a peer must show a certificate of the site
+  CA for the address it advertises, and this node shows its own (plus the admin token).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import functools
 import json
 import logging
 import os
+import ssl
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -31,7 +34,13 @@ from simple_tftpd.cluster.blobs import CHUNK, BlobStore, DigestMismatch, publish
 from simple_tftpd.cluster.etcd import ClusterUnavailable, Etcd, Keys, bounded
 from simple_tftpd.config import Config
 from simple_tftpd.content.resolve import PathResolver, ResolveError
-from simple_tftpd.metrics import Metrics
+
+if TYPE_CHECKING:
+    # Not at run time: the CLI imports this module (backup commands read `Entry`), and
+    # prometheus-client must not be imported before the supervisor sets its multiprocess
+    # directory (see cli._serve).
+    from simple_tftpd.metrics import Metrics
+    from simple_tftpd.tls import TlsState
 
 log = logging.getLogger("simple_tftpd.cluster")
 
@@ -64,13 +73,15 @@ class Entry:
 
 
 class ClusterNode:
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config, metrics: Metrics, tls: TlsState | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.tls = tls
         self.node_id = config.node.node_id
         self.keys = Keys(config.node.cluster_id)
         clustering = config.clustering
-        self.etcd = Etcd(clustering.etcd_endpoints)
+        # A getter, not the material: SIGHUP may renew the certificate under a running node.
+        self.etcd = Etcd(clustering.etcd_endpoints, (lambda: tls.material) if tls else None)
         self.ttl = clustering.lease_ttl
         self.advertise = clustering.advertise or f"{config.api.bind}:{config.api.port}"
         state = clustering.state_dir
@@ -125,6 +136,9 @@ class ClusterNode:
         return {
             "node_id": self.node_id,
             "api": self.advertise,
+            # Peers pull blobs with the scheme a node serves, so TLS can be rolled out node
+            # by node (a plain node cannot pull from one that requires client certificates).
+            "scheme": "https" if self.tls is not None else "http",
             "tftp_port": self.config.tftp.port,
             "version": __version__,
             "pid": os.getpid(),
@@ -348,11 +362,11 @@ class ClusterNode:
             raise LookupError("no peer to fetch from")
         last: Exception | None = None
         for peer in peers:
-            url = f"http://{peer['api']}/api/v1/blobs/{digest}"
+            url = f"{peer.get('scheme', 'http')}://{peer['api']}/api/v1/blobs/{digest}"
             writer = self.blobs.writer()
             try:
                 headers = {"Authorization": f"Bearer {self.token}"}
-                async with self._http.get(url, headers=headers) as response:
+                async with self._http.get(url, headers=headers, ssl=self.client_ssl()) as response:
                     if response.status != 200:
                         raise aiohttp.ClientResponseError(
                             response.request_info, (), status=response.status
@@ -366,6 +380,10 @@ class ClusterNode:
                 last = exc
                 log.info("blob %s from %s failed: %s", digest[:12], peer["node_id"], exc)
         raise LookupError(f"no peer served blob {digest[:12]}: {last}")
+
+    def client_ssl(self) -> ssl.SSLContext | bool:
+        """The context for this node's own HTTPS requests: the newest one after SIGHUP."""
+        return self.tls.client if self.tls is not None else True
 
     def _load_applied(self) -> dict[str, str]:
         try:

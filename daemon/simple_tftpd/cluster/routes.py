@@ -1,7 +1,8 @@
 """Cluster endpoints of the management API: files, blobs, status, logs, join.
 
-Writes and blob transfer need the admin token (`Authorization: Bearer TOKEN`); status and
-logs are read-only and open like /api/v1/status.
+Who may call what is decided by `access.enforce` for every route: writes (PUT, DELETE, POST)
+need the admin role, blob transfer the admin role or a peer site's sync token, and the rest
+a read role unless reads are anonymous (see access.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from simple_tftpd import access
 from simple_tftpd.cluster.blobs import CHUNK, DIGEST_RE, DigestMismatch
 from simple_tftpd.cluster.etcd import ClusterUnavailable
 from simple_tftpd.cluster.node import ClusterNode
@@ -26,15 +28,13 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def bearer_matches(request: web.Request, *tokens: str | None) -> bool:
+    """Whether the request carries one of `tokens`; routes that need an identity with a role
+    leave that to `access.enforce` instead."""
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return False
     return any(t and hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
-
-
-def _authorized(request: web.Request, node: ClusterNode) -> bool:
-    return bearer_matches(request, node.token)
 
 
 def _rel(node: ClusterNode, raw: str) -> str:
@@ -43,8 +43,6 @@ def _rel(node: ClusterNode, raw: str) -> str:
 
 async def put_file(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    if not _authorized(request, node):
-        return _error(401, "a valid admin token is required")
     try:
         path = _rel(node, request.match_info["path"])
     except ResolveError:
@@ -75,8 +73,6 @@ async def put_file(request: web.Request) -> web.Response:
 
 async def delete_file(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    if not _authorized(request, node):
-        return _error(401, "a valid admin token is required")
     try:
         path = _rel(node, request.match_info["path"])
     except ResolveError:
@@ -113,11 +109,10 @@ async def list_files(request: web.Request) -> web.Response:
     )
 
 
+@access.requires(access.Permission.BLOBS)
 async def get_blob(request: web.Request) -> web.StreamResponse:
+    # Nodes of this site pull with the admin token; peer sites with the site-sync token.
     node = request.app[NODE_KEY]
-    # Nodes of this site use the admin token; peer sites use the site-sync token.
-    if not bearer_matches(request, node.token, node.config.multi_site.sync.token):
-        return _error(401, "a valid admin or site-sync token is required")
     digest = request.match_info["digest"]
     if not DIGEST_RE.match(digest) or not node.blobs.has(digest):
         return _error(404, "no such blob")
@@ -140,8 +135,6 @@ async def cluster_logs(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     """A new node asks to join: checked against this cluster, optionally made an etcd member."""
     node = request.app[NODE_KEY]
-    if not _authorized(request, node):
-        return _error(401, "a valid admin token is required")
     try:
         body: dict[str, Any] = await request.json()
     except json.JSONDecodeError:

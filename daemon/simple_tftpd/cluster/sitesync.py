@@ -7,6 +7,10 @@ one stopped). A change is applied only if it wins under the conflict rule of `En
 are copied: a change comes back to its own site as "not newer" and is dropped there, which
 is what stops loops and echoes, while sites connected only through another still get it.
 Blobs are pulled from the peer and verified before the entry is committed locally.
+
+With `security.tls`, peers are reached over mutual TLS: the peer's certificate must come from
+a CA of `security.tls.ca_file` (which holds the peer sites' CAs when they have their own) and
+name the endpoint we dial; the peer sees this node's certificate and our site-sync token.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from simple_tftpd import access
 from simple_tftpd.cluster.blobs import CHUNK, DigestMismatch
 from simple_tftpd.cluster.etcd import ClusterUnavailable
 from simple_tftpd.cluster.node import ClusterNode, Entry
-from simple_tftpd.cluster.routes import NODE_KEY, bearer_matches
+from simple_tftpd.cluster.routes import NODE_KEY
 from simple_tftpd.config import PeerSite
 
 log = logging.getLogger("simple_tftpd.sitesync")
@@ -70,6 +75,7 @@ class SiteSync:
         self._peers_key = node.keys.prefix.encode() + b"sitesync/peers"
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._scheme = "https" if node.tls is not None else "http"
 
     def _position_key(self, site_id: str) -> bytes:
         return self.node.keys.prefix.encode() + b"sitesync/positions/" + site_id.encode()
@@ -95,6 +101,8 @@ class SiteSync:
                 if self.node.leader == self.node.node_id:
                     for peer in list(self.peers.values()):
                         await self.sync_peer(peer)
+                else:
+                    self._forget_metrics()
             except ClusterUnavailable as exc:
                 log.debug("site sync paused: %s", exc)
             except Exception:  # one bad round must not stop replication for good
@@ -183,11 +191,22 @@ class SiteSync:
         if peer.last_success_at:
             metrics.sitesync_last_success.labels(peer.site_id).set(peer.last_success_at)
 
+    def _forget_metrics(self) -> None:
+        """Only the leader syncs: a former leader's last figures would otherwise stay frozen
+        in its metrics and read as lag that never ends."""
+        metrics = self.node.metrics
+        for gauge in (
+            metrics.sitesync_lag_entries,
+            metrics.sitesync_lag_bytes,
+            metrics.sitesync_last_success,
+        ):
+            gauge.clear()
+
     async def _changes(self, peer: PeerState, since: int) -> dict[str, Any]:
         assert self._http is not None
-        url = f"http://{peer.endpoint}/api/v1/sync/changes?since={since}&limit={PAGE}"
+        url = f"{self._scheme}://{peer.endpoint}/api/v1/sync/changes?since={since}&limit={PAGE}"
         headers = {"Authorization": f"Bearer {self.token}"}
-        async with self._http.get(url, headers=headers) as response:
+        async with self._http.get(url, headers=headers, ssl=self.node.client_ssl()) as response:
             if response.status == 401:
                 raise SyncRefused(f"{peer.site_id} refused our site-sync token")
             if response.status != 200:
@@ -225,11 +244,11 @@ class SiteSync:
 
     async def _fetch_blob(self, peer: PeerState, digest: str) -> None:
         assert self._http is not None
-        url = f"http://{peer.endpoint}/api/v1/blobs/{digest}"
+        url = f"{self._scheme}://{peer.endpoint}/api/v1/blobs/{digest}"
         writer = self.node.blobs.writer()
         try:
             headers = {"Authorization": f"Bearer {self.token}"}
-            async with self._http.get(url, headers=headers) as response:
+            async with self._http.get(url, headers=headers, ssl=self.node.client_ssl()) as response:
                 if response.status != 200:
                     raise SyncRefused(
                         f"{peer.site_id} has no blob {digest[:12]} ({response.status})"
@@ -256,11 +275,10 @@ class SiteSync:
 SYNC_KEY: web.AppKey[SiteSync] = web.AppKey("site_sync")
 
 
+@access.requires(access.Permission.CHANGES)
 async def changes(request: web.Request) -> web.Response:
     """The manifest changes after `since` (this site's etcd revision), oldest first."""
     node = request.app[NODE_KEY]
-    if not bearer_matches(request, node.config.multi_site.sync.token):
-        return web.json_response({"error": "a valid site-sync token is required"}, status=401)
     try:
         since = int(request.query.get("since", "0"))
         limit = max(1, min(int(request.query.get("limit", str(PAGE))), 1000))
@@ -289,8 +307,6 @@ async def sync_status(request: web.Request) -> web.Response:
 
 async def sync_now(request: web.Request) -> web.Response:
     sync = request.app[SYNC_KEY]
-    if not bearer_matches(request, sync.node.token):
-        return web.json_response({"error": "a valid admin token is required"}, status=401)
     site = request.query.get("site")
     targets = [sync.peers[site]] if site in sync.peers else []
     if site is not None and not targets:
@@ -317,8 +333,6 @@ async def sync_logs(request: web.Request) -> web.Response:
 
 async def sync_peers(request: web.Request) -> web.Response:
     sync = request.app[SYNC_KEY]
-    if not bearer_matches(request, sync.node.token):
-        return web.json_response({"error": "a valid admin token is required"}, status=401)
     body = await request.json()
     if body.get("site_id") != sync.site_id:
         return web.json_response(
