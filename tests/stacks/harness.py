@@ -153,7 +153,8 @@ class StackRun:
     log: list[str] = field(default_factory=list)
 
     def of_type(self, typ: str) -> list[DeclaredResource]:
-        return [r for r in self.resources if r.type == typ]
+        # Mocks register resources in whatever order their awaits finish: sort for stable tests.
+        return sorted((r for r in self.resources if r.type == typ), key=lambda r: r.name)
 
     def one(
         self, typ: str, where: Callable[[DeclaredResource], bool] = lambda r: True
