@@ -3,7 +3,6 @@ real daemon per serving mode, shared by every test of a module."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.files import random_files
 
 # Sizes that hit the protocol's edges at blksize 512 and 1468.
 FILES = {
@@ -31,8 +31,7 @@ needs_clients = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def content_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("root")
-    for name, size in FILES.items():
-        (root / name).write_bytes(os.urandom(size))
+    random_files(root, FILES)
     (root / "boot").mkdir()
     (root / "boot" / "grub.cfg").write_bytes(b"set timeout=1\nmenuentry x {\r\n}\n")
     (root / "uploads").mkdir()
@@ -44,7 +43,7 @@ def daemon(
     request: pytest.FixtureRequest, content_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
     single = request.param == "single-port"
-    running = Daemon(
+    with Daemon(
         tmp_path_factory.mktemp("daemon"),
         content_root,
         {
@@ -52,8 +51,5 @@ def daemon(
             # Two workers sharing the port, as on a production node.
             "performance": {"thread_pool": {"workers": 2}},
         },
-    ).start()
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()

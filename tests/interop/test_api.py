@@ -4,7 +4,6 @@ and metrics that move with real transfers; plus the per-transfer log in text and
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from simple_tftpd.protocol.packets import (
 from tests.interop.conftest import needs_clients
 from tests.support.clients import fetch_curl, sha256
 from tests.support.daemon import Daemon, wait_for
+from tests.support.files import random_files
 from tests.support.udp import Peer
 
 pytestmark = [pytest.mark.interop, needs_clients]
@@ -58,14 +58,13 @@ NOT_FOUND_SENT = 'simple_tftpd_errors_sent_total{code="1"}'
 @pytest.fixture(scope="module")
 def api_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("api-root")
-    for name, size in FILES.items():
-        (root / name).write_bytes(os.urandom(size))
+    random_files(root, FILES)
     return root
 
 
 @pytest.fixture(scope="module")
 def api_daemon(tmp_path_factory: pytest.TempPathFactory, api_root: Path) -> Iterator[Daemon]:
-    running = Daemon(
+    with Daemon(
         tmp_path_factory.mktemp("api-daemon"),
         api_root,
         {
@@ -73,22 +72,16 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory, api_root: Path) -> Iter
             "tftp": {"timeout": TIMEOUT, "retries": 3},
             "api": {"token": TOKEN},
         },
-    ).start()
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
 def json_daemon(tmp_path_factory: pytest.TempPathFactory, api_root: Path) -> Iterator[Daemon]:
-    running = Daemon(
+    with Daemon(
         tmp_path_factory.mktemp("json-daemon"), api_root, {"logging": {"format": "json"}}
-    ).start()
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -348,7 +341,7 @@ def test_json_log_lines_are_all_json(json_daemon: Daemon) -> None:
 
 @pytest.fixture(scope="module")
 def supervisor_daemon(tmp_path_factory: pytest.TempPathFactory, api_root: Path) -> Iterator[Daemon]:
-    running = Daemon(
+    with Daemon(
         tmp_path_factory.mktemp("supervisor-daemon"),
         api_root,
         {
@@ -356,11 +349,8 @@ def supervisor_daemon(tmp_path_factory: pytest.TempPathFactory, api_root: Path) 
             "logging": {"format": "json"},  # transfer records carry the worker's pid
             "performance": {"thread_pool": {"workers": 2}},
         },
-    ).start()
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_supervisor_sums_worker_metrics(supervisor_daemon: Daemon, api_root: Path) -> None:

@@ -63,11 +63,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def daemon(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[Daemon]:
     config = netboot_config()
     config["performance"] = {"thread_pool": {"workers": 2}}
-    running = Daemon(tmp_path_factory.mktemp("netboot-daemon"), root, config).start()
-    try:
+    with Daemon(tmp_path_factory.mktemp("netboot-daemon"), root, config) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -49,11 +49,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[Dae
     """Two workers: TFTP in the workers, the API and HTTP boot in the supervisor."""
     config = netboot_config()
     config["performance"] = {"thread_pool": {"workers": 2}}
-    running = Daemon(tmp_path_factory.mktemp("http-daemon"), root, config).start()
-    try:
+    with Daemon(tmp_path_factory.mktemp("http-daemon"), root, config) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def get(daemon: Daemon, path: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:

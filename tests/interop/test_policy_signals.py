@@ -6,7 +6,6 @@ is invalid."""
 from __future__ import annotations
 
 import copy
-import os
 import signal
 import threading
 import time
@@ -29,6 +28,7 @@ from simple_tftpd.protocol.packets import (
 from tests.interop.conftest import needs_clients
 from tests.support.clients import fetch_curl, sha256
 from tests.support.daemon import Daemon, wait_for
+from tests.support.files import random_files
 from tests.support.udp import Peer
 
 pytestmark = [pytest.mark.interop, needs_clients]
@@ -48,8 +48,7 @@ TIMED_OUT = 'simple_tftpd_transfers_total{direction="read",outcome="timeout"}'
 @pytest.fixture(scope="module")
 def policy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("policy-root")
-    for name, size in FILES.items():
-        (root / name).write_bytes(os.urandom(size))
+    random_files(root, FILES)
     return root
 
 

@@ -164,6 +164,13 @@ class Daemon:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def __enter__(self) -> Daemon:
+        """`with Daemon(...) as running:` starts it and always stops it, even when a test fails."""
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; only our own PID."""
         if self.process is None or self.process.poll() is not None:
