@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, NamedTuple, Self
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,6 +33,7 @@ from simple_tftpd.config import (
 
 __all__ = [
     "ADVERTISE_PLACEHOLDER",
+    "DEFAULT_IMAGE_PYTHON",
     "ETCD_PORTS",
     "HEALTH_CHECK_PATH",
     "NODE_STATE_DIR",
@@ -40,6 +41,7 @@ __all__ = [
     "AutoscalingSpec",
     "IngressRule",
     "InstallSpec",
+    "Listener",
     "LoadBalancerSpec",
     "MachineSpec",
     "NetworkSpec",
@@ -59,6 +61,10 @@ ETCD_PORTS = (2379, 2380)
 HEALTH_CHECK_PATH = "/api/v1/ready"
 # Relative tftp.root paths are taken relative to the service's working directory.
 NODE_STATE_DIR = PurePosixPath("/var/lib/simple-tftpd")
+
+# Every cloud's default image is Ubuntu 24.04 LTS, whose python3 is 3.12; the deploy builds
+# binary wheels for exactly this version (a stack output, read by deploy/stack_outputs.py).
+DEFAULT_IMAGE_PYTHON = "3.12"
 
 PortRange = tuple[int, int]
 Purpose = Literal["tftp", "api", "ssh", "etcd", "other"]
@@ -168,6 +174,17 @@ class MachineSpec(StackModel):
     type: str | None = Field(default=None, min_length=1)
     image: str | None = Field(default=None, min_length=1)
     disk_gb: int = Field(default=20, ge=10, le=2048)
+    # The image's python3 (major.minor); needed with a custom image.
+    python_version: Annotated[str, Field(pattern=r"^3\.[0-9]{1,2}$")] | None = None
+
+    @model_validator(mode="after")
+    def _python_of_custom_image(self) -> Self:
+        if self.image is not None and self.python_version is None:
+            raise ValueError(
+                "a custom image needs python_version, the version of its python3 (e.g. "
+                '"3.12"): the deploy builds wheels for it'
+            )
+        return self
 
 
 class AutoscalingSpec(StackModel):
@@ -279,6 +296,14 @@ class IngressRule:
         return [str(low) if low == high else f"{low}-{high}" for low, high in self.ports]
 
 
+class Listener(NamedTuple):
+    """A port the load balancer forwards to the nodes (all are health-checked on the API)."""
+
+    name: Literal["tftp", "api"]
+    protocol: Literal["udp", "tcp"]
+    port: int
+
+
 @dataclass(frozen=True)
 class Site:
     site_id: str
@@ -308,6 +333,20 @@ class Site:
     @property
     def internal_load_balancer(self) -> bool:
         return self.stack.load_balancer.internal
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        return (Listener("tftp", "udp", self.tftp_port), Listener("api", "tcp", self.api_port))
+
+    @property
+    def drain_seconds(self) -> int:
+        """How long the load balancer lets a removed node finish its transfers."""
+        return int(self.daemon.tftp.drain_timeout)
+
+    @property
+    def python_version(self) -> str:
+        """The nodes' Python (`major.minor`), from the image choice."""
+        return self.stack.machine.python_version or DEFAULT_IMAGE_PYTHON
 
     @property
     def retention_days(self) -> int:

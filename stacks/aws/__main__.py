@@ -7,11 +7,9 @@ PROJECT_DIR = Path(__file__).resolve().parent
 # The shared `stacks` package lives at the repository root, two levels up.
 sys.path.insert(0, str(PROJECT_DIR.parents[1]))
 
-import pulumi  # noqa: E402
-
 from stacks import cloud_init  # noqa: E402
 from stacks.aws import components, config  # noqa: E402
-from stacks.inventory import Inventory, export_inventory  # noqa: E402
+from stacks.inventory import export_inventory  # noqa: E402
 
 site, settings = config.load(PROJECT_DIR)
 
@@ -24,11 +22,10 @@ bucket = components.BackupBucket(site)
 identity = components.NodeIdentity(site, bucket)
 firewall = components.Firewall(site, placement)
 balancer = components.LoadBalancer(site, placement, firewall)
-backup_location = pulumi.Output.concat("s3://", bucket.name, "/", site.backup_prefix)
 user_data = cloud_init.user_data(
     site,
     "aws",
-    backup_location,
+    bucket.location,
     environment={"AWS_REGION": settings.region},
     encode=components.user_data_base64,
 )
@@ -42,23 +39,4 @@ nodes = components.NodeGroup(
     balancer=balancer,
 )
 
-export_inventory(
-    site,
-    Inventory(
-        cloud="aws",
-        region=settings.region,
-        node_group=nodes.name,
-        node_list_command=pulumi.Output.concat(
-            "aws ec2 describe-instances --region ",
-            settings.region,
-            " --filters Name=tag:aws:autoscaling:groupName,Values=",
-            nodes.name,
-            " Name=instance-state-name,Values=running",
-            " --query 'Reservations[].Instances[].PrivateIpAddress' --output text",
-            " | tr '\\t' '\\n'",
-        ),
-        lb_address=balancer.address,
-        backup_bucket=bucket.name,
-        backup_location=backup_location,
-    ),
-)
+export_inventory(site, "aws", settings.region, nodes, balancer.address, bucket)

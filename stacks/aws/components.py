@@ -6,12 +6,15 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 from pulumi_aws import autoscaling, ec2, iam, lb, s3, vpc
 
 from stacks.aws.config import ROOT_DEVICE, USER_DATA_LIMIT, AwsSettings
-from stacks.site import HEALTH_CHECK_PATH, IngressRule, Purpose, Site
+from stacks.component import SiteComponent, backup_location
+from stacks.inventory import aws_node_list_command
+from stacks.site import HEALTH_CHECK_PATH, IngressRule, Site
 
 __all__ = [
     "BackupBucket",
@@ -25,7 +28,14 @@ __all__ = [
     "user_data_base64",
 ]
 
-TYPE = "simple-tftpd:aws"
+
+class AwsComponent(SiteComponent):
+    cloud = "aws"
+
+
+def _policy(**statement: Any) -> dict[str, Any]:
+    """An IAM policy document of one statement."""
+    return {"Version": "2012-10-17", "Statement": [statement]}
 
 
 def _tags(site: Site, name: str) -> dict[str, str]:
@@ -49,15 +59,14 @@ def existing_placement(site: Site) -> Placement:
     return Placement(vpc_id=network.id, subnet_ids=list(network.subnet_ids))
 
 
-class Network(pulumi.ComponentResource):
+class Network(AwsComponent):
     """A new VPC: a private node subnet and a public subnet per zone, egress through one NAT
     gateway (the public subnets hold it and, if config asks, an internet-facing NLB)."""
 
     def __init__(
         self, site: Site, settings: AwsSettings, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__(f"{TYPE}:Network", site.name("network"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "network", opts)
         zones = settings.zones
         cidrs = site.subnet_cidrs(2 * len(zones))
         network = ec2.Vpc(
@@ -66,24 +75,24 @@ class Network(pulumi.ComponentResource):
             enable_dns_hostnames=True,
             enable_dns_support=True,
             tags=_tags(site, site.name("vpc")),
-            opts=child,
+            opts=self.child,
         )
         gateway = ec2.InternetGateway(
-            site.name("igw"), vpc_id=network.id, tags=_tags(site, site.name("igw")), opts=child
+            site.name("igw"), vpc_id=network.id, tags=_tags(site, site.name("igw")), opts=self.child
         )
         public_routes = ec2.RouteTable(
             site.name("public"),
             vpc_id=network.id,
             routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": gateway.id}],
             tags=_tags(site, site.name("public")),
-            opts=child,
+            opts=self.child,
         )
         public = [
             self._subnet(site, f"public-{zone}", network, zone, cidr, public_routes)
             for zone, cidr in zip(zones, cidrs[len(zones) :], strict=True)
         ]
         address = ec2.Eip(
-            site.name("nat"), domain="vpc", tags=_tags(site, site.name("nat")), opts=child
+            site.name("nat"), domain="vpc", tags=_tags(site, site.name("nat")), opts=self.child
         )
         nat = ec2.NatGateway(
             site.name("nat"),
@@ -97,7 +106,7 @@ class Network(pulumi.ComponentResource):
             vpc_id=network.id,
             routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}],
             tags=_tags(site, site.name("nodes")),
-            opts=child,
+            opts=self.child,
         )
         nodes = [
             self._subnet(site, f"nodes-{zone}", network, zone, cidr, private_routes)
@@ -119,7 +128,6 @@ class Network(pulumi.ComponentResource):
         cidr: str,
         routes: ec2.RouteTable,
     ) -> ec2.Subnet:
-        child = pulumi.ResourceOptions(parent=self)
         subnet = ec2.Subnet(
             site.name(name),
             vpc_id=network.id,
@@ -127,27 +135,26 @@ class Network(pulumi.ComponentResource):
             availability_zone=zone,
             map_public_ip_on_launch=False,
             tags=_tags(site, site.name(name)),
-            opts=child,
+            opts=self.child,
         )
         ec2.RouteTableAssociation(
-            site.name(name), subnet_id=subnet.id, route_table_id=routes.id, opts=child
+            site.name(name), subnet_id=subnet.id, route_table_id=routes.id, opts=self.child
         )
         return subnet
 
 
-class BackupBucket(pulumi.ComponentResource):
+class BackupBucket(AwsComponent):
     """The site's backup bucket: private, versioned, encrypted, old versions expire."""
 
     def __init__(self, site: Site, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{TYPE}:BackupBucket", site.name("backup"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "backup", opts)
         # Auto-named (globally unique); the name leaves room for the random suffix.
-        bucket = s3.Bucket(site.name("backup", 55), tags=site.labels, opts=child)
+        bucket = s3.Bucket(site.name("backup", 55), tags=site.labels, opts=self.child)
         s3.BucketOwnershipControls(
             site.name("backup"),
             bucket=bucket.id,
             rule={"object_ownership": "BucketOwnerEnforced"},  # no ACLs at all
-            opts=child,
+            opts=self.child,
         )
         public_access = s3.BucketPublicAccessBlock(
             site.name("backup"),
@@ -156,19 +163,19 @@ class BackupBucket(pulumi.ComponentResource):
             block_public_policy=True,
             ignore_public_acls=True,
             restrict_public_buckets=True,
-            opts=child,
+            opts=self.child,
         )
         versioning = s3.BucketVersioning(
             site.name("backup"),
             bucket=bucket.id,
             versioning_configuration={"status": "Enabled"},
-            opts=child,
+            opts=self.child,
         )
         s3.BucketServerSideEncryptionConfiguration(
             site.name("backup"),
             bucket=bucket.id,
             rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
-            opts=child,
+            opts=self.child,
         )
         days = site.retention_days
         s3.BucketLifecycleConfiguration(
@@ -197,108 +204,88 @@ class BackupBucket(pulumi.ComponentResource):
             site.name("backup"),
             bucket=bucket.id,
             policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "DenyInsecureTransport",
-                            "Effect": "Deny",
-                            "Principal": "*",
-                            "Action": "s3:*",
-                            "Resource": [bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
-                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                        }
-                    ],
-                }
+                _policy(
+                    Sid="DenyInsecureTransport",
+                    Effect="Deny",
+                    Principal="*",
+                    Action="s3:*",
+                    Resource=[bucket.arn, pulumi.Output.concat(bucket.arn, "/*")],
+                    Condition={"Bool": {"aws:SecureTransport": "false"}},
+                )
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access]),
         )
         self.name: pulumi.Output[str] = bucket.bucket
         self.arn: pulumi.Output[str] = bucket.arn
+        self.location = backup_location(site, "s3", bucket.bucket)
         self.register_outputs({"name": bucket.bucket, "arn": bucket.arn})
 
 
-class NodeIdentity(pulumi.ComponentResource):
+class NodeIdentity(AwsComponent):
     """The nodes' IAM role: it may write objects into the site's bucket and do nothing else."""
 
     def __init__(
         self, site: Site, bucket: BackupBucket, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__(f"{TYPE}:NodeIdentity", site.name("identity"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "identity", opts)
         role = iam.Role(
             site.name("node", 50),
             assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
+                _policy(
+                    Effect="Allow",
+                    Principal={"Service": "ec2.amazonaws.com"},
+                    Action="sts:AssumeRole",
+                )
             ),
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         iam.RolePolicy(
             site.name("write-backups"),
             role=role.id,
             policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "WriteSiteBackups",
-                            "Effect": "Allow",
-                            "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                            "Resource": pulumi.Output.concat(bucket.arn, "/*"),
-                        }
-                    ],
-                }
+                _policy(
+                    Sid="WriteSiteBackups",
+                    Effect="Allow",
+                    Action=["s3:PutObject", "s3:AbortMultipartUpload"],
+                    Resource=pulumi.Output.concat(bucket.arn, "/*"),
+                )
             ),
-            opts=child,
+            opts=self.child,
         )
-        profile = iam.InstanceProfile(site.name("node", 50), role=role.name, opts=child)
+        profile = iam.InstanceProfile(site.name("node", 50), role=role.name, opts=self.child)
         self.profile_arn: pulumi.Output[str] = profile.arn
         self.register_outputs({"role": role.name, "instance_profile": profile.arn})
 
 
-class Firewall(pulumi.ComponentResource):
+class Firewall(AwsComponent):
     """Security groups of the nodes and of the NLB, rule by rule from the site's ingress."""
 
     def __init__(
         self, site: Site, placement: Placement, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__(f"{TYPE}:Firewall", site.name("firewall"), None, opts)
+        super().__init__(site, "firewall", opts)
         self._site = site
         self._seen: set[tuple[str, int, int, str]] = set()
-        child = pulumi.ResourceOptions(parent=self)
         nodes = ec2.SecurityGroup(
             site.name("nodes"),
             vpc_id=placement.vpc_id,
             description=f"simple-tftpd nodes of site {site.site_id}",
             tags=_tags(site, site.name("nodes")),
-            opts=child,
+            opts=self.child,
         )
         balancer = ec2.SecurityGroup(
             site.name("lb"),
             vpc_id=placement.vpc_id,
             description=f"simple-tftpd load balancer of site {site.site_id}",
             tags=_tags(site, site.name("lb")),
-            opts=child,
+            opts=self.child,
         )
         for rule in site.ingress:
             self._node_rules(rule, nodes)
         # Client traffic and health checks arrive through the NLB; with client IP
         # preservation, referencing its security group still admits them.
-        listeners: tuple[tuple[Purpose, str, int], ...] = (
-            ("tftp", "udp", site.tftp_port),
-            ("api", "tcp", site.api_port),
-        )
-        for name, protocol, port in listeners:
+        for name, protocol, port in site.listeners:
             self._rule(f"lb-{name}", nodes, protocol, port, port, group_id=balancer.id)
             for index, source in enumerate(site.sources(name)):
                 self._rule(f"clients-{name}-{index}", balancer, protocol, port, port, source)
@@ -309,7 +296,7 @@ class Firewall(pulumi.ComponentResource):
                 ip_protocol=protocol,
                 from_port=port,
                 to_port=port,
-                opts=child,
+                opts=self.child,
             )
         # Package installs and backups leave through the NAT gateway.
         vpc.SecurityGroupEgressRule(
@@ -317,7 +304,7 @@ class Firewall(pulumi.ComponentResource):
             security_group_id=nodes.id,
             ip_protocol="-1",
             cidr_ipv4="0.0.0.0/0",
-            opts=child,
+            opts=self.child,
         )
         self.node_group_id: pulumi.Output[str] = nodes.id
         self.balancer_group_id: pulumi.Output[str] = balancer.id
@@ -358,11 +345,11 @@ class Firewall(pulumi.ComponentResource):
             cidr_ipv6=source if ipv6 else None,
             referenced_security_group_id=group_id,
             description=name,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=self.child,
         )
 
 
-class LoadBalancer(pulumi.ComponentResource):
+class LoadBalancer(AwsComponent):
     """NLB: UDP listener for TFTP and TCP for the API; both health-checked on the API."""
 
     def __init__(
@@ -372,8 +359,7 @@ class LoadBalancer(pulumi.ComponentResource):
         firewall: Firewall,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:LoadBalancer", site.name("lb"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "lb", opts)
         # Names of NLBs and target groups are at most 32 characters with the random suffix.
         balancer = lb.LoadBalancer(
             site.name("nlb", 24),
@@ -383,7 +369,7 @@ class LoadBalancer(pulumi.ComponentResource):
             security_groups=[firewall.balancer_group_id],
             enable_cross_zone_load_balancing=True,
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         health: lb.TargetGroupHealthCheckArgsDict = {
             "enabled": True,
@@ -395,32 +381,28 @@ class LoadBalancer(pulumi.ComponentResource):
             "healthy_threshold": 3,
             "unhealthy_threshold": 3,
         }
-        drain = int(site.daemon.tftp.drain_timeout)
         self.target_group_arns: list[pulumi.Output[str]] = []
-        for name, protocol, port in (
-            ("tftp", "UDP", site.tftp_port),
-            ("api", "TCP", site.api_port),
-        ):
+        for name, protocol, port in site.listeners:
             group = lb.TargetGroup(
                 site.name(name, 24),
                 port=port,
-                protocol=protocol,
+                protocol=protocol.upper(),
                 vpc_id=placement.vpc_id,
                 target_type="instance",
-                deregistration_delay=drain,
-                connection_termination=protocol == "UDP",
+                deregistration_delay=site.drain_seconds,
+                connection_termination=protocol == "udp",
                 health_check=health,
                 tags=site.labels,
-                opts=child,
+                opts=self.child,
             )
             lb.Listener(
                 site.name(name),
                 load_balancer_arn=balancer.arn,
                 port=port,
-                protocol=protocol,
+                protocol=protocol.upper(),
                 default_actions=[{"type": "forward", "target_group_arn": group.arn}],
                 tags=site.labels,
-                opts=child,
+                opts=self.child,
             )
             self.target_group_arns.append(group.arn)
         self.address: pulumi.Output[str] = balancer.dns_name
@@ -433,7 +415,7 @@ def user_data_base64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class NodeGroup(pulumi.ComponentResource):
+class NodeGroup(AwsComponent):
     """Launch template + autoscaling group behind the NLB, scaled on average CPU."""
 
     def __init__(
@@ -448,8 +430,7 @@ class NodeGroup(pulumi.ComponentResource):
         balancer: LoadBalancer,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:NodeGroup", site.name("nodes"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "nodes", opts)
         template = ec2.LaunchTemplate(
             site.name("node"),
             image_id=settings.image_id,
@@ -479,7 +460,7 @@ class NodeGroup(pulumi.ComponentResource):
             ],
             update_default_version=True,
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         scaling = site.autoscaling
         group = autoscaling.Group(
@@ -513,7 +494,8 @@ class NodeGroup(pulumi.ComponentResource):
                 },
                 "target_value": float(scaling.cpu_target_percent),
             },
-            opts=child,
+            opts=self.child,
         )
         self.name: pulumi.Output[str] = group.name
+        self.list_command = aws_node_list_command(settings.region, group.name)
         self.register_outputs({"name": group.name, "launch_template": template.id})

@@ -7,11 +7,9 @@ PROJECT_DIR = Path(__file__).resolve().parent
 # The shared `stacks` package lives at the repository root, two levels up.
 sys.path.insert(0, str(PROJECT_DIR.parents[1]))
 
-import pulumi  # noqa: E402
-
 from stacks import cloud_init  # noqa: E402
 from stacks.azure import components, config  # noqa: E402
-from stacks.inventory import Inventory, export_inventory  # noqa: E402
+from stacks.inventory import export_inventory  # noqa: E402
 
 site, settings = config.load(PROJECT_DIR)
 
@@ -25,11 +23,10 @@ backup = components.BackupStorage(site, settings, group)
 identity = components.NodeIdentity(site, settings, group, backup)
 firewall = components.Firewall(site, group)
 balancer = components.LoadBalancer(site, settings, group, placement)
-backup_location = pulumi.Output.concat("az://", backup.container_name, "/", site.backup_prefix)
 user_data = cloud_init.user_data(
     site,
     "azure",
-    backup_location,
+    backup.location,
     # The backup client finds the account and the managed identity through these.
     environment={
         "AZURE_STORAGE_ACCOUNT_NAME": backup.account_name,
@@ -47,22 +44,4 @@ nodes = components.ScaleSet(
     balancer=balancer,
 )
 
-export_inventory(
-    site,
-    Inventory(
-        cloud="azure",
-        region=settings.location,
-        node_group=nodes.name,
-        node_list_command=pulumi.Output.concat(
-            "az vm list --show-details --resource-group ",
-            group.name,
-            ' --query "[?virtualMachineScaleSet && ends_with(virtualMachineScaleSet.id, ',
-            "'/",
-            nodes.name,
-            "')].privateIps\" --output tsv",
-        ),
-        lb_address=balancer.address,
-        backup_bucket=backup.container_name,
-        backup_location=backup_location,
-    ),
-)
+export_inventory(site, "azure", settings.location, nodes, balancer.address, backup)

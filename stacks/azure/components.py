@@ -17,6 +17,8 @@ from pulumi_azure_native import (
 )
 
 from stacks.azure.config import AzureSettings
+from stacks.component import SiteComponent, backup_location
+from stacks.inventory import azure_node_list_command
 from stacks.site import HEALTH_CHECK_PATH, Site
 
 __all__ = [
@@ -30,7 +32,11 @@ __all__ = [
     "ScaleSet",
 ]
 
-TYPE = "simple-tftpd:azure"
+
+class AzureComponent(SiteComponent):
+    cloud = "azure"
+
+
 # Built-in data actions for writing blobs; no read, list or delete.
 BLOB_WRITE_ACTIONS = [
     "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write",
@@ -41,13 +47,13 @@ _FIRST_PRIORITY, _PRIORITY_STEP = 100, 10
 _PROBE_PRIORITY, _DENY_PRIORITY = 4000, 4096
 
 
-class ResourceGroup(pulumi.ComponentResource):
+class ResourceGroup(AzureComponent):
     """The site's resource group (created, or an existing one named in config)."""
 
     def __init__(
         self, site: Site, settings: AzureSettings, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__(f"{TYPE}:ResourceGroup", site.name("group"), None, opts)
+        super().__init__(site, "group", opts)
         if settings.resource_group is not None:
             self.name: pulumi.Output[str] = pulumi.Output.from_input(settings.resource_group)
         else:
@@ -55,7 +61,7 @@ class ResourceGroup(pulumi.ComponentResource):
                 site.name("rg"),
                 location=settings.location,
                 tags=site.labels,
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=self.child,
             )
             self.name = group.name
         subscription = authorization.get_client_config_output().subscription_id
@@ -71,7 +77,7 @@ class Placement:
     subnet_id: pulumi.Input[str]
 
 
-class Network(pulumi.ComponentResource):
+class Network(AzureComponent):
     """A new VNet with one node subnet; egress through a NAT gateway (no default outbound)."""
 
     def __init__(
@@ -81,8 +87,7 @@ class Network(pulumi.ComponentResource):
         group: ResourceGroup,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:Network", site.name("network"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "network", opts)
         nat_address = network.PublicIPAddress(
             site.name("nat"),
             sku={"name": "Standard", "tier": "Regional"},
@@ -91,7 +96,7 @@ class Network(pulumi.ComponentResource):
             tags=site.labels,
             resource_group_name=group.name,
             location=group.location,
-            opts=child,
+            opts=self.child,
         )
         nat = network.NatGateway(
             site.name("nat"),
@@ -100,7 +105,7 @@ class Network(pulumi.ComponentResource):
             tags=site.labels,
             resource_group_name=group.name,
             location=group.location,
-            opts=child,
+            opts=self.child,
         )
         (subnet_cidr,) = site.subnet_cidrs(1)
         vnet = network.VirtualNetwork(
@@ -117,13 +122,13 @@ class Network(pulumi.ComponentResource):
             tags=site.labels,
             resource_group_name=group.name,
             location=group.location,
-            opts=child,
+            opts=self.child,
         )
         self.placement = Placement(subnet_id=pulumi.Output.concat(vnet.id, "/subnets/nodes"))
         self.register_outputs({"vnet": vnet.id})
 
 
-class BackupStorage(pulumi.ComponentResource):
+class BackupStorage(AzureComponent):
     """Storage account + container: private, versioned, encrypted, old versions expire."""
 
     def __init__(
@@ -133,8 +138,7 @@ class BackupStorage(pulumi.ComponentResource):
         group: ResourceGroup,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:BackupStorage", site.name("backup"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "backup", opts)
         account = storage.StorageAccount(
             site.name("backup"),
             account_name=settings.storage_account,
@@ -155,7 +159,7 @@ class BackupStorage(pulumi.ComponentResource):
                 "services": {"blob": {"enabled": True, "key_type": "Account"}},
             },
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         storage.BlobServiceProperties(
             site.name("backup"),
@@ -165,7 +169,7 @@ class BackupStorage(pulumi.ComponentResource):
             is_versioning_enabled=True,
             delete_retention_policy={"enabled": True, "days": 7},
             container_delete_retention_policy={"enabled": True, "days": 7},
-            opts=child,
+            opts=self.child,
         )
         container = storage.BlobContainer(
             site.name("backup"),
@@ -173,7 +177,7 @@ class BackupStorage(pulumi.ComponentResource):
             resource_group_name=group.name,
             container_name=BACKUP_CONTAINER,
             public_access=storage.PublicAccess.NONE,
-            opts=child,
+            opts=self.child,
         )
         days = site.retention_days
         storage.ManagementPolicy(
@@ -203,15 +207,16 @@ class BackupStorage(pulumi.ComponentResource):
                     }
                 ]
             },
-            opts=child,
+            opts=self.child,
         )
         self.account_name: pulumi.Output[str] = account.name
-        self.container_name: pulumi.Output[str] = container.name
+        self.name: pulumi.Output[str] = container.name
+        self.location = backup_location(site, "az", container.name)
         self.container_id: pulumi.Output[str] = container.id
         self.register_outputs({"account": account.name, "container": container.name})
 
 
-class NodeIdentity(pulumi.ComponentResource):
+class NodeIdentity(AzureComponent):
     """A user-assigned identity allowed to write blobs into the site's container, nothing else."""
 
     def __init__(
@@ -222,14 +227,13 @@ class NodeIdentity(pulumi.ComponentResource):
         backup: BackupStorage,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:NodeIdentity", site.name("identity"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "identity", opts)
         identity = managedidentity.UserAssignedIdentity(
             site.name("nodes"),
             resource_group_name=group.name,
             location=group.location,
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         # No built-in role writes without also reading and deleting.
         role = authorization.RoleDefinition(
@@ -240,7 +244,7 @@ class NodeIdentity(pulumi.ComponentResource):
             scope=group.id,
             assignable_scopes=[group.id],
             permissions=[{"actions": [], "data_actions": BLOB_WRITE_ACTIONS}],
-            opts=child,
+            opts=self.child,
         )
         authorization.RoleAssignment(
             site.name("backup-writer"),
@@ -249,7 +253,7 @@ class NodeIdentity(pulumi.ComponentResource):
             role_definition_id=role.id,
             principal_id=identity.principal_id,
             principal_type="ServicePrincipal",
-            opts=child,
+            opts=self.child,
         )
         self.id: pulumi.Output[str] = identity.id
         self.client_id: pulumi.Output[str] = identity.client_id
@@ -286,20 +290,19 @@ def _allow(
     return rule
 
 
-class Firewall(pulumi.ComponentResource):
+class Firewall(AzureComponent):
     """Network security group of the node NICs, rule by rule from the site's ingress."""
 
     def __init__(
         self, site: Site, group: ResourceGroup, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__(f"{TYPE}:Firewall", site.name("firewall"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "firewall", opts)
         nodes = network.ApplicationSecurityGroup(
             site.name("nodes"),
             resource_group_name=group.name,
             location=group.location,
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         node_ref: list[network.ApplicationSecurityGroupArgsDict] = [{"id": nodes.id}]
         rules = [
@@ -342,14 +345,14 @@ class Firewall(pulumi.ComponentResource):
             location=group.location,
             security_rules=rules,
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         self.application_security_group_id: pulumi.Output[str] = nodes.id
         self.network_security_group_id: pulumi.Output[str] = security_group.id
         self.register_outputs({"nsg": security_group.id, "asg": nodes.id})
 
 
-class LoadBalancer(pulumi.ComponentResource):
+class LoadBalancer(AzureComponent):
     """Standard LB: a UDP rule for TFTP and a TCP rule for the API, both probed on the API."""
 
     def __init__(
@@ -360,8 +363,7 @@ class LoadBalancer(pulumi.ComponentResource):
         placement: Placement,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:LoadBalancer", site.name("lb"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "lb", opts)
         name = site.name("lb", 80)
         own_id = pulumi.Output.concat(group.id, "/providers/Microsoft.Network/loadBalancers/", name)
 
@@ -387,13 +389,13 @@ class LoadBalancer(pulumi.ComponentResource):
                 public_ip_allocation_method="Static",
                 zones=list(settings.zones) or None,
                 tags=site.labels,
-                opts=child,
+                opts=self.child,
             )
             frontend["public_ip_address"] = {"id": public_address.id}
         rules: list[network.LoadBalancingRuleArgsDict] = [
             {
                 "name": name_,
-                "protocol": protocol,
+                "protocol": protocol.capitalize(),
                 "frontend_port": port,
                 "backend_port": port,
                 "frontend_ip_configuration": ref("frontendIPConfigurations", "frontend"),
@@ -402,13 +404,10 @@ class LoadBalancer(pulumi.ComponentResource):
                 # The NAT gateway carries outbound traffic; replies need no SNAT.
                 "disable_outbound_snat": True,
                 "enable_floating_ip": False,
-                "enable_tcp_reset": protocol == "Tcp",
+                "enable_tcp_reset": protocol == "tcp",
                 "load_distribution": "Default",
             }
-            for name_, protocol, port in (
-                ("tftp", "Udp", site.tftp_port),
-                ("api", "Tcp", site.api_port),
-            )
+            for name_, protocol, port in site.listeners
         ]
         balancer = network.LoadBalancer(
             site.name("lb"),
@@ -430,7 +429,7 @@ class LoadBalancer(pulumi.ComponentResource):
             ],
             load_balancing_rules=rules,
             tags=site.labels,
-            opts=child,
+            opts=self.child,
         )
         self.backend_pool_id = ref("backendAddressPools", "nodes")["id"]
         self.address: pulumi.Output[str] = (
@@ -443,7 +442,7 @@ class LoadBalancer(pulumi.ComponentResource):
         self.register_outputs({"address": self.address})
 
 
-class ScaleSet(pulumi.ComponentResource):
+class ScaleSet(AzureComponent):
     """A flexible scale set behind the LB, autoscaled on average CPU."""
 
     def __init__(
@@ -459,7 +458,7 @@ class ScaleSet(pulumi.ComponentResource):
         balancer: LoadBalancer,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:ScaleSet", site.name("nodes"), None, opts)
+        super().__init__(site, "nodes", opts)
         user = site.stack.ssh_user
         image = settings.image
         image_reference: compute.ImageReferenceArgsDict = (
@@ -568,9 +567,10 @@ class ScaleSet(pulumi.ComponentResource):
                 }
             ],
             tags=site.labels,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=self.child,
         )
         self.name: pulumi.Output[str] = scale_set.name
+        self.list_command = azure_node_list_command(group.name, scale_set.name)
         self.register_outputs({"name": scale_set.name})
 
 

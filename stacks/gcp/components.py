@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_gcp import compute, serviceaccount, storage
 
+from stacks.component import SiteComponent, backup_location
 from stacks.gcp.config import HEALTH_CHECK_RANGES, GcpSettings
+from stacks.inventory import gcp_node_list_command
 from stacks.site import HEALTH_CHECK_PATH, IngressRule, Site
 
 __all__ = [
@@ -23,7 +25,11 @@ __all__ = [
     "Placement",
 ]
 
-TYPE = "simple-tftpd:gcp"
+
+class GcpComponent(SiteComponent):
+    cloud = "gcp"
+
+
 _ALLOW_PRIORITY, _DENY_PRIORITY = 1000, 65000
 
 
@@ -39,16 +45,18 @@ class Placement:
     subnetwork: pulumi.Input[str]
 
 
-class Network(pulumi.ComponentResource):
+class Network(GcpComponent):
     """A new VPC network with one regional subnetwork; egress through Cloud NAT."""
 
     def __init__(
         self, site: Site, settings: GcpSettings, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__(f"{TYPE}:Network", site.name("network"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "network", opts)
         vpc = compute.Network(
-            site.name("vpc"), auto_create_subnetworks=False, routing_mode="REGIONAL", opts=child
+            site.name("vpc"),
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+            opts=self.child,
         )
         (cidr,) = site.subnet_cidrs(1)
         subnet = compute.Subnetwork(
@@ -57,10 +65,10 @@ class Network(pulumi.ComponentResource):
             region=settings.region,
             ip_cidr_range=cidr,
             private_ip_google_access=True,
-            opts=child,
+            opts=self.child,
         )
         router = compute.Router(
-            site.name("router"), network=vpc.id, region=settings.region, opts=child
+            site.name("router"), network=vpc.id, region=settings.region, opts=self.child
         )
         compute.RouterNat(
             site.name("nat"),
@@ -68,29 +76,29 @@ class Network(pulumi.ComponentResource):
             region=settings.region,
             nat_ip_allocate_option="AUTO_ONLY",
             source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
-            opts=child,
+            opts=self.child,
         )
         self.placement = Placement(network=vpc.id, subnetwork=subnet.id)
         self.register_outputs({"network": vpc.id, "subnetwork": subnet.id})
 
 
-class NodeServiceAccount(pulumi.ComponentResource):
+class NodeServiceAccount(GcpComponent):
     """The nodes' service account; its only grant is writing objects into the backup bucket."""
 
     def __init__(self, site: Site, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"{TYPE}:NodeServiceAccount", site.name("identity"), None, opts)
+        super().__init__(site, "identity", opts)
         account = serviceaccount.Account(
             site.name("nodes"),
             # 6-30 characters, unique in the project.
             account_id=_name(f"tftp-{site.slug}")[:30].rstrip("-"),
             display_name=f"simple-tftpd nodes of site {site.site_id}",
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=self.child,
         )
         self.email: pulumi.Output[str] = account.email
         self.register_outputs({"email": account.email})
 
 
-class BackupBucket(pulumi.ComponentResource):
+class BackupBucket(GcpComponent):
     """The site's bucket: private, versioned, encrypted at rest, old versions expire."""
 
     def __init__(
@@ -100,8 +108,7 @@ class BackupBucket(pulumi.ComponentResource):
         account: NodeServiceAccount,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:BackupBucket", site.name("backup"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "backup", opts)
         days = site.retention_days
         bucket = storage.Bucket(
             site.name("backup", 55),
@@ -115,20 +122,21 @@ class BackupBucket(pulumi.ComponentResource):
                 {"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": days}},
             ],
             labels=site.labels,
-            opts=child,
+            opts=self.child,
         )
         storage.BucketIAMMember(
             site.name("backup-writer"),
             bucket=bucket.name,
             role="roles/storage.objectCreator",
             member=pulumi.Output.concat("serviceAccount:", account.email),
-            opts=child,
+            opts=self.child,
         )
         self.name: pulumi.Output[str] = bucket.name
+        self.location = backup_location(site, "gs", bucket.name)
         self.register_outputs({"name": bucket.name})
 
 
-class Firewall(pulumi.ComponentResource):
+class Firewall(GcpComponent):
     """VPC firewall rules for the nodes' service account, rule by rule from the site's ingress."""
 
     def __init__(
@@ -139,7 +147,7 @@ class Firewall(pulumi.ComponentResource):
         account: NodeServiceAccount,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:Firewall", site.name("firewall"), None, opts)
+        super().__init__(site, "firewall", opts)
         self._site, self._network, self._targets = site, placement.network, [account.email]
         for rule in site.ingress:
             self._allow(rule)
@@ -161,7 +169,7 @@ class Firewall(pulumi.ComponentResource):
                 denies=[{"protocol": "all"}],
                 source_ranges=[everyone],
                 target_service_accounts=self._targets,
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=self.child,
             )
         self.register_outputs({})
 
@@ -177,11 +185,11 @@ class Firewall(pulumi.ComponentResource):
             source_ranges=list(rule.sources) or None,
             source_service_accounts=self._targets if rule.from_nodes else None,
             target_service_accounts=self._targets,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=self.child,
         )
 
 
-class Frontend(pulumi.ComponentResource):
+class Frontend(GcpComponent):
     """The load balancer's address and its health check (needed before the instance group)."""
 
     def __init__(
@@ -191,8 +199,7 @@ class Frontend(pulumi.ComponentResource):
         placement: Placement,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:Frontend", site.name("frontend"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "frontend", opts)
         if settings.internal:
             # One internal address shared by the UDP and the TCP forwarding rule.
             address = compute.Address(
@@ -201,7 +208,7 @@ class Frontend(pulumi.ComponentResource):
                 address_type="INTERNAL",
                 purpose="SHARED_LOADBALANCER_VIP",
                 subnetwork=placement.subnetwork,
-                opts=child,
+                opts=self.child,
             )
         else:
             address = compute.Address(
@@ -209,7 +216,7 @@ class Frontend(pulumi.ComponentResource):
                 region=settings.region,
                 address_type="EXTERNAL",
                 network_tier="PREMIUM",
-                opts=child,
+                opts=self.child,
             )
         health_check = compute.RegionHealthCheck(
             site.name("api-ready"),
@@ -219,14 +226,14 @@ class Frontend(pulumi.ComponentResource):
             healthy_threshold=2,
             unhealthy_threshold=3,
             http_health_check={"port": site.api_port, "request_path": HEALTH_CHECK_PATH},
-            opts=child,
+            opts=self.child,
         )
         self.address: pulumi.Output[str] = address.address
         self.health_check_id: pulumi.Output[str] = health_check.id
         self.register_outputs({"address": address.address})
 
 
-class NodeGroup(pulumi.ComponentResource):
+class NodeGroup(GcpComponent):
     """Regional instance template + managed instance group, autoscaled on CPU."""
 
     def __init__(
@@ -240,8 +247,7 @@ class NodeGroup(pulumi.ComponentResource):
         frontend: Frontend,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:NodeGroup", site.name("nodes"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "nodes", opts)
         template = compute.RegionInstanceTemplate(
             site.name("node"),
             region=settings.region,
@@ -269,7 +275,7 @@ class NodeGroup(pulumi.ComponentResource):
                 "enable_integrity_monitoring": True,
             },
             labels=site.labels,
-            opts=child,
+            opts=self.child,
         )
         scaling = site.autoscaling
         manager = compute.RegionInstanceGroupManager(
@@ -303,14 +309,15 @@ class NodeGroup(pulumi.ComponentResource):
                 "cooldown_period": 120,
                 "cpu_utilization": {"target": scaling.cpu_target_percent / 100},
             },
-            opts=child,
+            opts=self.child,
         )
         self.name: pulumi.Output[str] = manager.name
         self.instance_group: pulumi.Output[str] = manager.instance_group
+        self.list_command = gcp_node_list_command(settings.project, site)
         self.register_outputs({"name": manager.name})
 
 
-class LoadBalancer(pulumi.ComponentResource):
+class LoadBalancer(GcpComponent):
     """Passthrough load balancer: a UDP and a TCP backend service + forwarding rule."""
 
     def __init__(
@@ -323,35 +330,31 @@ class LoadBalancer(pulumi.ComponentResource):
         nodes: NodeGroup,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        super().__init__(f"{TYPE}:LoadBalancer", site.name("lb"), None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        super().__init__(site, "lb", opts)
         internal = settings.internal
-        for name, protocol, port in (
-            ("tftp", "UDP", site.tftp_port),
-            ("api", "TCP", site.api_port),
-        ):
+        for name, protocol, port in site.listeners:
             backend = compute.RegionBackendService(
                 site.name(name),
                 region=settings.region,
-                protocol=protocol,
+                protocol=protocol.upper(),
                 load_balancing_scheme=settings.scheme,
                 health_checks=frontend.health_check_id,
                 backends=[{"group": nodes.instance_group, "balancing_mode": "CONNECTION"}],
-                connection_draining_timeout_sec=int(site.daemon.tftp.drain_timeout),
-                opts=child,
+                connection_draining_timeout_sec=site.drain_seconds,
+                opts=self.child,
             )
             compute.ForwardingRule(
                 site.name(name),
                 region=settings.region,
                 load_balancing_scheme=settings.scheme,
-                ip_protocol=protocol,
+                ip_protocol=protocol.upper(),
                 ports=[str(port)],
                 ip_address=frontend.address,
                 backend_service=backend.id,
                 network=placement.network if internal else None,
                 subnetwork=placement.subnetwork if internal else None,
                 network_tier=None if internal else "PREMIUM",
-                opts=child,
+                opts=self.child,
             )
         self.address = frontend.address
         self.register_outputs({"address": frontend.address})

@@ -149,8 +149,18 @@ def _computed(typ: str, name: str, inputs: Mapping[str, Any], resource_id: str) 
 class StackRun:
     resources: list[DeclaredResource]
     outputs: dict[str, Any] = field(default_factory=dict)
+    # Outputs `pulumi stack output --json` prints as "[secret]" (without --show-secrets).
+    secret_outputs: set[str] = field(default_factory=set)
     # What the program logged through the engine, e.g. SDK deprecation warnings.
     log: list[str] = field(default_factory=list)
+
+    def stack_output_json(self, *, show_secrets: bool = False) -> str:
+        """What `pulumi stack output --json [--show-secrets]` prints for this stack."""
+        shown = {
+            key: value if show_secrets or key not in self.secret_outputs else "[secret]"
+            for key, value in self.outputs.items()
+        }
+        return json.dumps(shown, indent=2)
 
     def of_type(self, typ: str) -> list[DeclaredResource]:
         # Mocks register resources in whatever order their awaits finish: sort for stable tests.
@@ -212,7 +222,10 @@ def run_stack(
             root = runtime_settings.get_root_resource()
             exported: dict[str, Any] = dict(getattr(root, "outputs", {}))
             for key, value in exported.items():
-                run.outputs[key] = loop.run_until_complete(pulumi.Output.from_input(value).future())
+                output = pulumi.Output.from_input(value)
+                run.outputs[key] = loop.run_until_complete(output.future())
+                if loop.run_until_complete(output.is_secret()):
+                    run.secret_outputs.add(key)
         finally:
             loop.close()
             asyncio.set_event_loop(None)

@@ -120,7 +120,23 @@ def test_install_from_an_index() -> None:
     ]
 
 
+def test_python_version_comes_from_the_image() -> None:
+    assert load_site(_site(), AWS_DIR).python_version == "3.12"  # Ubuntu 24.04, the default
+    machine = {"image": "ami-0123456789abcdef0", "python_version": "3.11"}
+    assert load_site(_site(machine=machine), AWS_DIR).python_version == "3.11"
+
+
 BAD_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "custom image without its Python",
+        {"machine": {"image": "ami-0123456789abcdef0"}},
+        "site.machine: a custom image needs python_version",
+    ),
+    (
+        "malformed Python version",
+        {"machine": {"python_version": "3"}},
+        "site.machine.python_version: String should match pattern",
+    ),
     ("even node count", {"node_count": 4}, "site.node_count: 4 is even"),
     ("too few nodes", {"node_count": 1}, "site.node_count: 1 nodes is below 3"),
     ("too many nodes", {"node_count": 9}, "site.node_count: 9 nodes is above 7"),
