@@ -94,7 +94,7 @@ def with_location(func: Any) -> Any:
 
 def _leader_target(target: ApiTarget, payload: Any) -> ApiTarget | None:
     api = payload.get("leader_api") if isinstance(payload, dict) else None
-    return ApiTarget(api, target.token, None) if api else None
+    return ApiTarget(api, target.token, None, tls=target.tls) if api else None
 
 
 def _operate(

@@ -1,6 +1,7 @@
 """Backup endpoints of the management API.
 
-Status is open like the other status endpoints. Everything else needs the admin token: listings
+Status reads like the other status endpoints. Everything else needs the admin role (an admin
+client certificate or token, decided by `access.enforce` like every other admin route): listings
 and operation results name every file. Operations (backup now, verify, restore) run on the site
 leader as background tasks, since they can outlast any HTTP timeout: the POST answers 202 with
 an operation id to poll; a node that is not the leader answers 409 naming the leader's API.
@@ -13,23 +14,17 @@ from typing import Any
 
 from aiohttp import web
 
+from simple_tftpd import access
 from simple_tftpd.backup.crypto import BackupError
 from simple_tftpd.backup.job import BackupJob
 from simple_tftpd.backup.recovery import describe, parse_time
 from simple_tftpd.backup.repository import Repository
-from simple_tftpd.cluster.routes import bearer_matches
 
 JOB_KEY: web.AppKey[BackupJob] = web.AppKey("backup_job")
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
-
-
-def _denied(request: web.Request, job: BackupJob) -> web.Response | None:
-    if bearer_matches(request, job.node.token):
-        return None
-    return _error(401, "a valid admin token is required")
 
 
 def _not_leader(job: BackupJob) -> web.Response | None:
@@ -60,18 +55,20 @@ async def backup_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[JOB_KEY].status())
 
 
+@access.requires(access.Permission.ADMIN)
 async def backup_now(request: web.Request) -> web.Response:
     job = request.app[JOB_KEY]
-    refusal = _denied(request, job) or _not_leader(job)
+    refusal = _not_leader(job)
     if refusal is not None:
         return refusal
     operation = job.start_operation("backup", job.backup_now())
     return web.json_response({"operation": operation.public()}, status=202)
 
 
+@access.requires(access.Permission.ADMIN)
 async def backup_verify(request: web.Request) -> web.Response:
     job = request.app[JOB_KEY]
-    refusal = _denied(request, job) or _not_leader(job)
+    refusal = _not_leader(job)
     if refusal is not None:
         return refusal
     body = await _body(request)
@@ -86,9 +83,10 @@ async def backup_verify(request: web.Request) -> web.Response:
     )
 
 
+@access.requires(access.Permission.ADMIN)
 async def backup_restore(request: web.Request) -> web.Response:
     job = request.app[JOB_KEY]
-    refusal = _denied(request, job) or _not_leader(job)
+    refusal = _not_leader(job)
     if refusal is not None:
         return refusal
     body = await _body(request)
@@ -104,12 +102,10 @@ async def backup_restore(request: web.Request) -> web.Response:
     )
 
 
+@access.requires(access.Permission.ADMIN)
 async def backup_list(request: web.Request) -> web.Response:
     """The catalog of every location (or of ?location=URL), read from the locations."""
     job = request.app[JOB_KEY]
-    refusal = _denied(request, job)
-    if refusal is not None:
-        return refusal
     wanted = request.query.get("location")
     try:
         urls = [job.location(wanted).url] if wanted else list(job.locations)
@@ -127,11 +123,9 @@ async def backup_list(request: web.Request) -> web.Response:
     return web.json_response({"locations": listings})
 
 
+@access.requires(access.Permission.ADMIN)
 async def backup_operation(request: web.Request) -> web.Response:
     job = request.app[JOB_KEY]
-    refusal = _denied(request, job)
-    if refusal is not None:
-        return refusal
     operation = job.operations.get(request.match_info["id"])
     if operation is None:
         return _error(404, "no such operation on this node (operations are kept in memory)")
