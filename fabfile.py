@@ -5,6 +5,7 @@ Every task reads the site's inventory (`--inventory FILE`, or $SIMPLE_TFTPD_INVE
 
     fab render   --inventory site.yaml [--out build/rendered]
     fab deploy   --inventory site.yaml [--wheel FILE] [--only host1,host2]
+    fab deploy   --inventory site.json [--hosts 10.0.0.5,...]   (`pulumi stack output --json`)
     fab rollback --inventory site.yaml [--only host1]
     fab verify   --inventory site.yaml [--version X] [--connection ssh]
     fab cluster-init | cluster-join --host NEW | cluster-status | node-health | site-sync-init
@@ -62,9 +63,9 @@ def _operator_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _site(inventory: str | None) -> Site:
+def _site(inventory: str | None, hosts: str | None = None) -> Site:
     path = inventory or os.environ.get("SIMPLE_TFTPD_INVENTORY") or "inventory.yaml"
-    return load_inventory(Path(path))
+    return load_inventory(Path(path), hosts=_names(hosts))
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -93,21 +94,33 @@ def render(c: Context, inventory: str | None = None, out: str = "build/rendered"
         "inventory": INVENTORY_HELP,
         "wheel": "deploy this simple_tftpd wheel instead of building one from the tree",
         "only": "comma-separated host names (default: every host)",
+        "hosts": "with a stack-output inventory: the nodes' addresses, comma-separated, "
+        "instead of running its node_list_command",
+        "pki": "with TLS: the site's PKI directory (default: $SIMPLE_TFTPD_PKI/<site> or "
+        "~/.simple-tftpd/pki/<site>)",
     }
 )
 @_operator_errors
 def deploy(
-    c: Context, inventory: str | None = None, wheel: str | None = None, only: str | None = None
+    c: Context,
+    inventory: str | None = None,
+    wheel: str | None = None,
+    only: str | None = None,
+    hosts: str | None = None,
+    pki: str | None = None,
 ) -> None:
     """Build a release and roll it out host by host, health-gated, rolling back on failure."""
-    site = _site(inventory)
+    site = _site(inventory, hosts)
     nodes = site.select(_names(only))
     files = {node.name: render_host(site, node) for node in site.nodes}
+    # With TLS: each host's certificate, key, CA and CRL from `fab certs` (checked now, before
+    # any host is touched); nothing for a site without TLS.
+    tls = site_certs.site_files(site, Path(pki) if pki else None)
     release = build_release(WORK_DIR, site.settings.release, wheel=Path(wheel) if wheel else None)
     _log(f"release {release.release_id} ({release.archive.stat().st_size >> 20} MiB)")
     connections = _connections(c, site.select(None))
     try:
-        outcome = deploy_site(site, connections, release, files, _log, only=_names(only))
+        outcome = deploy_site(site, connections, release, files, _log, only=_names(only), tls=tls)
     finally:
         close_all(connections.values())
     _log(f"deployed {release.release_id} to {len(nodes)} hosts: {outcome}")
@@ -193,17 +206,38 @@ def cluster_init(c: Context, inventory: str | None = None, host: str | None = No
 @task(
     help={
         "inventory": INVENTORY_HELP,
-        "host": "the new node (an inventory host, already deployed)",
-        "leader": "host:port of a member to join through (default: the first other node)",
+        "host": "the new node (an inventory host; the rest of the site already runs)",
+        "leader": "API host:port of the member to ask (default: the first member that answers)",
+        "wheel": "install this simple_tftpd wheel instead of building one from the tree",
+        "pki": "the site's PKI directory, with TLS (as for deploy)",
     }
 )
 @_operator_errors
 def cluster_join(
-    c: Context, host: str, inventory: str | None = None, leader: str | None = None
+    c: Context,
+    host: str,
+    inventory: str | None = None,
+    leader: str | None = None,
+    wheel: str | None = None,
+    pki: str | None = None,
 ) -> None:
-    """`simple-tftpd cluster-join` on a new node."""
+    """Join a new host: etcd member add and start (role etcd), then install, start and gate
+    its daemon, and wait until the cluster lists it."""
     site = _site(inventory)
-    _run_cluster(c, site, [cluster_commands.cluster_join(site, host, leader)])
+    new, others = cluster_commands.check_join(site, host)
+    files = render_host(site, new)
+    tls = site_certs.site_files(site, Path(pki) if pki else None).get(new.name, [])
+    release = build_release(WORK_DIR, site.settings.release, wheel=Path(wheel) if wheel else None)
+    _log(f"release {release.release_id}")
+    # Fabric connects on first use: only the hosts the join talks to are reached.
+    involved = {node.name for node in [new, *others, *site.etcd_nodes]}
+    connections = _connections(c, [node for node in site.nodes if node.name in involved])
+    try:
+        cluster_commands.join_node(
+            connections, site, host, release, files, _log, leader=leader, tls=tls
+        )
+    finally:
+        close_all(connections.values())
 
 
 @task(help={"inventory": INVENTORY_HELP, "host": "node to ask (default: the first)"})

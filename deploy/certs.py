@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from deploy import DeployError
 from deploy.inventory import Node, Site
+from deploy.render import EtcdTlsPaths, HostPaths, etcd_uses_tls
 
 CA_DAYS = 3650
 CERT_DAYS = 365
@@ -427,22 +428,18 @@ def certs_task(
 
 @dataclass(frozen=True)
 class TlsFile:
-    """One PKI file for a host: where it goes, its bytes, mode and owner."""
+    """One PKI file for a host: where it goes, its bytes, mode and owner. Keys are 0600 and
+    owned by the one user that reads them (the daemon's, or etcd's); the rest is public."""
 
     path: str
     content: bytes
     mode: int
     owner: str = "root"
+    group: str = "root"
 
-
-@dataclass(frozen=True)
-class EtcdTlsPaths:
-    """Where an etcd member's files live: the context `etcd_tls` of etcd-tls.env.j2."""
-
-    ca: str
-    cert: str
-    key: str
-    crl: str
+    @property
+    def is_key(self) -> bool:
+        return self.mode & 0o077 == 0
 
 
 # The user templates/systemd/simple-tftpd-etcd.service.j2 runs etcd as.
@@ -450,41 +447,72 @@ ETCD_USER = "etcd"
 
 
 def etcd_tls_paths(site: Site) -> EtcdTlsPaths:
-    base = f"{site.settings.install.config_dir}/etcd-tls"
-    return EtcdTlsPaths(
-        f"{base}/ca.pem", f"{base}/member.pem", f"{base}/member.key", f"{base}/crl.pem"
-    )
+    return HostPaths(site.settings.install).etcd_tls
+
+
+def needs_files(site: Site) -> bool:
+    """Whether `fab deploy` has PKI files to copy to this site at all."""
+    return etcd_uses_tls(site) or any(n.config.security.tls.enabled for n in site.tftp_nodes)
 
 
 def host_files(site: Site, node: Node, directory: Path) -> list[TlsFile]:
     """What `fab deploy` copies to a host: for the daemon, the CA bundle, CRL, certificate and
-    key at the paths of its `security.tls`; for an etcd member, the same at etcd_tls_paths.
-    Both use the host's one certificate (its names cover every way it is dialled)."""
+    key at the paths of its `security.tls`; for an etcd member of a TLS site, the same at
+    etcd_tls_paths. Both use the host's one certificate (its names cover every way it is
+    dialled). Keys come first, so a reader that sees a new certificate finds its key."""
     files: list[TlsFile] = []
     tls = node.config.security.tls
     wanted_daemon = node.has("tftp") and tls.enabled
-    if not wanted_daemon and not node.has("etcd"):
+    wanted_etcd = node.has("etcd") and etcd_uses_tls(site)
+    if not wanted_daemon and not wanted_etcd:
         return files
     cert_path = directory / "nodes" / f"{node.name}.pem"
     if not cert_path.exists():
         raise CertError(f"no certificate for {node.name} in {directory}; run `fab certs` first")
-    ca, crl = (directory / "ca.pem").read_bytes(), (directory / "crl.pem").read_bytes()
-    cert, key = cert_path.read_bytes(), cert_path.with_suffix(".key").read_bytes()
+    try:
+        ca, crl = (directory / "ca.pem").read_bytes(), (directory / "crl.pem").read_bytes()
+        cert, key = cert_path.read_bytes(), cert_path.with_suffix(".key").read_bytes()
+    except OSError as exc:
+        raise CertError(f"{directory}: cannot read the PKI files: {exc}") from None
     if wanted_daemon:
         assert tls.ca_file and tls.cert_file and tls.key_file  # the config model requires them
+        user = site.settings.install.user
+        paths = HostPaths(site.settings.install)  # relative config paths: the state dir
         files += [
-            TlsFile(str(tls.ca_file), ca, 0o644),
-            TlsFile(str(tls.cert_file), cert, 0o644),
-            TlsFile(str(tls.key_file), key, 0o600, site.settings.install.user),
+            TlsFile(paths.absolute(tls.key_file), key, 0o600, user, user),
+            TlsFile(paths.absolute(tls.cert_file), cert, 0o644),
+            TlsFile(paths.absolute(tls.ca_file), ca, 0o644),
         ]
         if tls.crl_file is not None:
-            files.append(TlsFile(str(tls.crl_file), crl, 0o644))
-    if node.has("etcd"):
-        paths = etcd_tls_paths(site)
+            files.append(TlsFile(paths.absolute(tls.crl_file), crl, 0o644))
+    if wanted_etcd:
+        member = etcd_tls_paths(site)
         files += [
-            TlsFile(paths.ca, ca, 0o644),
-            TlsFile(paths.cert, cert, 0o644),
-            TlsFile(paths.key, key, 0o600, ETCD_USER),
-            TlsFile(paths.crl, crl, 0o644),
+            TlsFile(member.key, key, 0o600, ETCD_USER, ETCD_USER),
+            TlsFile(member.cert, cert, 0o644),
+            TlsFile(member.ca, ca, 0o644),
+            TlsFile(member.crl, crl, 0o644),
         ]
+    return files
+
+
+def site_files(site: Site, directory: Path | None = None) -> dict[str, list[TlsFile]]:
+    """Every host's PKI files for `fab deploy` ({} for a site without TLS: no PKI needed).
+    Checks that each certificate was issued by the site CA before anything is copied."""
+    if not needs_files(site):
+        return {}
+    directory = directory or default_directory(site.site_id)
+    authority = load_authority(directory)
+    files: dict[str, list[TlsFile]] = {}
+    for node in site.nodes:
+        found = host_files(site, node, directory)
+        if not found:
+            continue
+        cert = load_cert(directory / "nodes" / f"{node.name}.pem")
+        if not issued_by(cert, authority):
+            raise CertError(
+                f"{node.name}: its certificate was not issued by the CA in {directory}; "
+                "run `fab certs`"
+            )
+        files[node.name] = found
     return files

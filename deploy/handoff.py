@@ -15,8 +15,13 @@ daemon is ready; `fab deploy` holds it on (a hold file) until a restarted node p
 
     handoff.py on --port 69 --peers 10.0.0.12,10.0.0.13 --address 10.0.0.11
     handoff.py off
-    handoff.py off-when-ready --port 69 --api http://127.0.0.1:8080 --timeout 30
+    handoff.py off-when-ready --port 69 --api http://127.0.0.1:9180 --timeout 30 \
+        [--ca CA.pem --cert NODE.pem --key NODE.key]
     handoff.py hold on|off
+
+`--api` is where the node answers readiness (deploy.render.monitoring): the plain listener of
+api.metrics_port when there is one, else the API; an https API gets the node's own
+certificate (`--ca --cert --key`), since it may require one.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import ipaddress
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -152,25 +158,36 @@ def _udp_bound(port: int) -> bool:
     return False
 
 
-def _ready(api: str, port: int) -> bool:
+def tls_context(api: str, ca: str, cert: str, key: str) -> ssl.SSLContext | None:
+    if not api.startswith("https://"):
+        return None
+    context = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
+
+
+def _ready(api: str, port: int, context: ssl.SSLContext | None = None) -> bool:
     if not _udp_bound(port):
         return False
     if not api:
         return True
     try:
-        with urllib.request.urlopen(f"{api}/api/v1/ready", timeout=2) as response:
+        with urllib.request.urlopen(f"{api}/api/v1/ready", timeout=2, context=context) as response:
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
 
 
-def off_when_ready(port: int, api: str, timeout: float) -> int:
+def off_when_ready(
+    port: int, api: str, timeout: float, context: ssl.SSLContext | None = None
+) -> int:
     """End the handoff once the daemon serves; never fail the unit over it."""
     if HOLD.exists():
         return 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _ready(api, port):
+        if _ready(api, port, context):
             return handoff_off()
         time.sleep(0.2)
     print("handoff: daemon not ready in time; requests stay with the peers", file=sys.stderr)
@@ -191,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ready.add_argument("--port", type=int, required=True)
     ready.add_argument("--api", default="")
     ready.add_argument("--timeout", type=float, default=30.0)
+    ready.add_argument("--ca", default="", help="CA bundle that verifies an https --api")
+    ready.add_argument("--cert", default="", help="client certificate for an https --api")
+    ready.add_argument("--key", default="", help="key of --cert")
     args = parser.parse_args(argv)
     if args.command == "on":
         try:
@@ -206,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             HOLD.unlink(missing_ok=True)
         return 0
-    return off_when_ready(args.port, args.api, args.timeout)
+    try:
+        context = tls_context(args.api, args.ca, args.cert, args.key)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"handoff: cannot load the TLS files: {exc}", file=sys.stderr)
+        return 0  # never fail the unit over it; the handoff stays on
+    return off_when_ready(args.port, args.api, args.timeout, context)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import copy
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from deploy import DeployError
+from deploy import DeployError, stack_outputs
 from simple_tftpd.config import ApiConfig, Config, ConfigError, Identifier, parse_config
 
 Role = Literal["tftp", "lb", "etcd"]
@@ -310,55 +310,25 @@ def _read_data(path: Path) -> object:
         raise InventoryError(str(path), [str(exc)]) from None
 
 
-def looks_like_pulumi_outputs(data: object) -> bool:
-    return isinstance(data, dict) and "site" not in data and "site_id" in data
-
-
-def from_pulumi_outputs(outputs: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Map the outputs of a site's stack (`pulumi stack output --json`) to inventory keys.
-
-    Read: `site_id`, `node_addresses` (or `nodes`: addresses or {name, address} objects),
-    optional `node_names`, and `load_balancer_address` (or `lb_address`). Other outputs
-    (bucket name, peer sites) are not needed to deploy and are ignored.
-    """
-    problems = []
-    site = outputs.get("site_id")
-    if not isinstance(site, str):
-        problems.append("site_id: required string output is missing")
-    raw_nodes = outputs.get("node_addresses", outputs.get("nodes"))
-    if not isinstance(raw_nodes, list) or not raw_nodes:
-        problems.append("node_addresses: required non-empty list output is missing")
-        raw_nodes = []
-    names = outputs.get("node_names")
-    if names is not None and (not isinstance(names, list) or len(names) != len(raw_nodes)):
-        problems.append("node_names: must be a list as long as node_addresses")
-        names = None
-    hosts: list[dict[str, Any]] = []
-    for index, entry in enumerate(raw_nodes):
-        default_name = names[index] if names else f"{site}-node-{index + 1}"
-        if isinstance(entry, str):
-            hosts.append({"name": default_name, "address": entry})
-        elif isinstance(entry, dict) and isinstance(entry.get("address"), str):
-            hosts.append({"name": entry.get("name", default_name), "address": entry["address"]})
-        else:
-            problems.append(f"node_addresses[{index}]: expected an address or {{name, address}}")
-    if problems:
-        raise InventoryError(source, [f"pulumi outputs: {p}" for p in problems])
-    document: dict[str, Any] = {"site": site, "hosts": hosts}
-    lb_address = outputs.get("load_balancer_address", outputs.get("lb_address"))
-    if isinstance(lb_address, str):
-        document["load_balancer"] = {"address": lb_address}
-    return document
+def from_pulumi_outputs(
+    outputs: Mapping[str, Any], source: str, hosts: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Map the outputs of a site's stack (`pulumi stack output --json`) to inventory keys,
+    running its node_list_command unless `hosts` names the nodes (deploy/stack_outputs.py)."""
+    try:
+        return stack_outputs.inventory_document(outputs, hosts=hosts)
+    except stack_outputs.StackOutputError as exc:
+        raise InventoryError(source, exc.problems) from None
 
 
 def _merge_pulumi(document: dict[str, Any], outputs_doc: dict[str, Any]) -> dict[str, Any]:
-    """Hosts from the stack first; YAML host entries of the same name override their fields."""
+    """Hosts from the stack first; YAML host entries of the same name override their fields,
+    and the YAML's settings and config override the stack's."""
     merged = dict(document)
     merged.setdefault("site", outputs_doc["site"])
-    if "load_balancer" in outputs_doc:
-        lb = dict(merged.get("load_balancer") or {})
-        lb.setdefault("address", outputs_doc["load_balancer"]["address"])
-        merged["load_balancer"] = lb
+    for key in ("load_balancer", "ssh", "release", "config"):
+        if key in outputs_doc:
+            merged[key] = deep_merge(outputs_doc[key], merged.get(key) or {})
     overrides = {h.get("name"): h for h in merged.get("hosts") or [] if isinstance(h, dict)}
     hosts = []
     for host in outputs_doc["hosts"]:
@@ -403,19 +373,26 @@ def _validation_problems(exc: ValidationError) -> list[str]:
     return problems
 
 
-def load_inventory(path: Path | str) -> Site:
-    """Read, merge and validate an inventory; raise InventoryError listing every problem."""
+def load_inventory(path: Path | str, *, hosts: Sequence[str] | None = None) -> Site:
+    """Read, merge and validate an inventory; raise InventoryError listing every problem.
+
+    `hosts` (addresses, `fab deploy --hosts`) names the nodes of stack outputs instead of
+    their node_list_command."""
     path = Path(path)
     data = _read_data(path)
-    if looks_like_pulumi_outputs(data):
+    if stack_outputs.is_stack_outputs(data):
         assert isinstance(data, dict)
-        data = from_pulumi_outputs(data, str(path))
+        data = from_pulumi_outputs(data, str(path), hosts)
     elif isinstance(data, dict) and isinstance(data.get("pulumi_outputs"), str):
         outputs_path = path.parent / data["pulumi_outputs"]
         outputs = _read_data(outputs_path)
         if not isinstance(outputs, dict):
             raise InventoryError(str(outputs_path), ["expected a JSON object of stack outputs"])
-        data = _merge_pulumi(data, from_pulumi_outputs(outputs, str(outputs_path)))
+        data = _merge_pulumi(data, from_pulumi_outputs(outputs, str(outputs_path), hosts))
+    elif hosts:
+        raise InventoryError(
+            str(path), ["--hosts: only for stack outputs; list the hosts in the inventory"]
+        )
     if not isinstance(data, dict):
         raise InventoryError(str(path), ["expected a mapping with keys site, hosts, config, ..."])
     try:
@@ -521,15 +498,29 @@ def _node_configs(
             # Where the other nodes reach this one's API (its bind address may be 0.0.0.0).
             clustering.setdefault("advertise", endpoints[name])
             if etcd_hosts:
+                # The site's etcd speaks TLS exactly when its nodes do (deploy.certs).
+                scheme = "https" if _tls_enabled(data) else "http"
+                port = document.etcd.client_port
                 clustering.setdefault(
-                    "etcd_endpoints",
-                    [f"http://{host.address}:{document.etcd.client_port}" for host in etcd_hosts],
+                    "etcd_endpoints", [f"{scheme}://{host.address}:{port}" for host in etcd_hosts]
                 )
         try:
             configs[name] = parse_config(data, source=f"hosts[{name}].config")
         except ConfigError as exc:
             problems += [f"hosts[{name}].config.{problem}" for problem in exc.problems]
+    clustered = {c.security.tls.enabled for c in configs.values() if c.clustering.enabled}
+    if etcd_hosts and len(clustered) > 1:
+        problems.append(
+            "config.security.tls.enabled: the clustered nodes disagree; the site's etcd speaks "
+            "TLS to all of them or to none"
+        )
     return configs
+
+
+def _tls_enabled(data: dict[str, Any]) -> bool:
+    security = data.get("security")
+    tls = security.get("tls") if isinstance(security, dict) else None
+    return isinstance(tls, dict) and tls.get("enabled") is True
 
 
 def _url_host(address: str) -> str:

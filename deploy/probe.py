@@ -6,8 +6,14 @@ command prints one JSON object and exits 0 only when the check passed.
 
     probe.py gate --unit simple-tftpd --api http://127.0.0.1:8080 --tftp 127.0.0.1 --port 69 \
         --file simple-tftpd-canary.bin --sha256 HEX --timeout 30
-    probe.py sessions --api http://127.0.0.1:8080
+    probe.py sessions --api http://127.0.0.1:9180 --metrics
     probe.py fetch --tftp 10.0.0.5 --port 69 --file NAME [--sha256 HEX]
+
+`--api` is where the node answers health (deploy.render.monitoring): the plain listener of
+api.metrics_port when there is one, else the API. An https URL takes `--ca --cert --key`: the
+node's own files, shown to an API that requires client certificates (health and readiness
+need no role). `sessions --metrics` counts transfers from the Prometheus metrics, which the
+plain listener serves without an identity; without it, from /api/v1/status.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,9 +40,30 @@ def _emit(ok: bool, **details: Any) -> int:
     return 0 if ok else 1
 
 
-def _get(url: str, timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """For https: verify the node against the site CA, show the node's own certificate."""
+    if not args.api.startswith("https://"):
+        return None
+    context = ssl.create_default_context(cafile=args.ca or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    if args.cert:
+        context.load_cert_chain(args.cert, args.key or None)
+    return context
+
+
+def _read(url: str, context: ssl.SSLContext | None, timeout: float = 3.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _get(
+    url: str, context: ssl.SSLContext | None = None, timeout: float = 3.0
+) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -88,6 +116,10 @@ def gate(args: argparse.Namespace) -> int:
     Fails fast when systemd has restarted the unit (a crash loop will not become ready)."""
     deadline = time.monotonic() + args.timeout
     detail: dict[str, Any] = {}
+    try:
+        context = tls_context(args)
+    except (OSError, ssl.SSLError) as exc:
+        return _emit(False, check="tls", error=f"{type(exc).__name__}: {exc}")
     while True:
         state = _unit_state(args.unit)
         if state.get("ActiveState") == "failed" or int(state.get("NRestarts") or 0) > 0:
@@ -95,7 +127,7 @@ def gate(args: argparse.Namespace) -> int:
         if state.get("ActiveState") == "active":
             if not args.api:
                 break
-            status, detail = _get(f"{args.api}/api/v1/ready")
+            status, detail = _get(f"{args.api}/api/v1/ready", context)
             if status == 200:
                 break
         if time.monotonic() > deadline:
@@ -105,8 +137,30 @@ def gate(args: argparse.Namespace) -> int:
     return _emit(ok, **details)
 
 
+def active_sessions(text: str) -> int:
+    """Transfers in progress, from the Prometheus text format (summed over any labels)."""
+    name = "simple_tftpd_active_sessions"
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in (" ", "{"):
+            continue
+        # name{labels} value [timestamp]: the labels may hold spaces, the value does not.
+        rest = line[line.rindex("}") + 1 :] if line[len(name)] == "{" else line[len(name) :]
+        total += float(rest.split()[0])
+    return int(total)
+
+
 def sessions(args: argparse.Namespace) -> int:
-    status, body = _get(f"{args.api}/api/v1/status")
+    try:
+        context = tls_context(args)
+        if args.metrics:
+            status, raw = _read(f"{args.api}/api/v1/metrics/prometheus", context)
+            if status != 200:
+                return _emit(False, check="metrics", status=status)
+            return _emit(True, active_sessions=active_sessions(raw.decode(errors="replace")))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return _emit(False, check="metrics", error=f"{type(exc).__name__}: {exc}")
+    status, body = _get(f"{args.api}/api/v1/status", context)
     if status != 200:
         return _emit(False, check="status", status=status, body=body)
     return _emit(True, active_sessions=int(body.get("active_sessions", 0)))
@@ -132,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     gate_cmd.add_argument("--timeout", type=float, default=30.0)
     sessions_cmd = sub.add_parser("sessions")
     sessions_cmd.add_argument("--api", required=True)
+    sessions_cmd.add_argument(
+        "--metrics", action="store_true", help="count from the Prometheus metrics"
+    )
+    for cmd in (gate_cmd, sessions_cmd):
+        cmd.add_argument("--ca", default="", help="CA bundle that verifies an https --api")
+        cmd.add_argument("--cert", default="", help="client certificate for an https --api")
+        cmd.add_argument("--key", default="", help="key of --cert")
     args = parser.parse_args(argv)
     handlers = {"gate": gate, "fetch": fetch_command, "sessions": sessions}
     return handlers[args.command](args)

@@ -70,15 +70,33 @@ def sh(
     return result
 
 
-def put(c: Remote, local: Path | bytes, what: str) -> str:
-    """Upload to a fresh path in /tmp as the login user (sftp cannot sudo); returns the path."""
+def put(c: Remote, local: Path | bytes, what: str, *, private: bool = False) -> str:
+    """Upload to a fresh path in /tmp as the login user (sftp cannot sudo); returns the path.
+
+    `private` (keys): into a fresh 0700 directory of the login user, made before the upload,
+    so the bytes are never readable by anyone else on the host, not even for a moment (sftp
+    creates files with the server's umask and chmods only afterwards). Remove it with
+    `staged_dir`."""
     remote = f"/tmp/simple-tftpd-{secrets.token_hex(8)}"
     source: Any = io.BytesIO(local) if isinstance(local, bytes) else str(local)
     try:
+        if private:
+            made = c.run(
+                f"mkdir -m 0700 {q(remote)}", hide=True, warn=True, in_stream=False, timeout=60
+            )
+            if made.failed:
+                detail = (made.stderr or made.stdout or "").strip()
+                raise RemoteError(c.host, f"upload of {what}", f"mkdir {remote}: {detail}")
+            remote = f"{remote}/data"
         c.put(source, remote)
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise RemoteError(c.host, f"upload of {what}", f"{type(exc).__name__}: {exc}") from None
     return remote
+
+
+def staged_dir(staged: str) -> str:
+    """What to remove after installing an upload: its private directory, or the file."""
+    return staged.removesuffix("/data") if staged.endswith("/data") else staged
 
 
 def write_file(
@@ -91,15 +109,16 @@ def write_file(
     group: str = "root",
 ) -> None:
     """Replace `path` atomically: upload, install beside it with the final owner and mode,
-    then rename over it, so a reader never sees a half-written file."""
+    then rename over it, so a reader never sees a half-written file. A file that others may
+    not all read (a key, a config with tokens) is staged privately (see `put`)."""
     data = content.encode() if isinstance(content, str) else content
-    staged = put(c, data, path)
+    staged = put(c, data, path, private=mode & 0o004 == 0)
     target = Path(path)
     temp = target.with_name(f".{target.name}.new")
     sh(
         c,
         f"install -D -m {mode:04o} -o {q(owner)} -g {q(group)} {q(staged)} {q(temp)}"
-        f" && mv -f {q(temp)} {q(path)}; status=$?; rm -f {q(staged)}; exit $status",
+        f" && mv -f {q(temp)} {q(path)}; status=$?; rm -rf {q(staged_dir(staged))}; exit $status",
         f"writing {path}",
     )
 

@@ -43,6 +43,16 @@ class RenderedFile:
 
 
 @dataclass(frozen=True)
+class EtcdTlsPaths:
+    """Where an etcd member's TLS files live: the context `etcd_tls` of etcd-tls.env.j2."""
+
+    ca: str
+    cert: str
+    key: str
+    crl: str
+
+
+@dataclass(frozen=True)
 class HostPaths:
     """Where a node's files live on the host (all derived from the inventory's install)."""
 
@@ -88,6 +98,18 @@ class HostPaths:
     @property
     def etcd_env(self) -> str:
         return f"{self.install.config_dir}/etcd.env"
+
+    @property
+    def etcd_tls_env(self) -> str:
+        return f"{self.install.config_dir}/etcd-tls.env"
+
+    @property
+    def etcd_tls(self) -> EtcdTlsPaths:
+        # Not under config_dir: that is 0750 root:<daemon user>, which etcd cannot enter.
+        base = f"/etc/{self.install.service}-etcd/tls"
+        return EtcdTlsPaths(
+            f"{base}/ca.pem", f"{base}/member.pem", f"{base}/member.key", f"{base}/crl.pem"
+        )
 
     def absolute(self, path: object) -> str:
         """A config path as the daemon sees it: relative paths are relative to the state
@@ -144,8 +166,81 @@ def _local(address: str) -> str:
 
 
 def local_api_url(config: Config) -> str:
-    host = _local(config.api.bind)
-    return f"http://{f'[{host}]' if ':' in host else host}:{config.api.port}"
+    scheme = "https" if config.security.tls.enabled else "http"
+    return f"{scheme}://{_url_host(_local(config.api.bind))}:{config.api.port}"
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Where a node answers health, readiness and Prometheus metrics, and what a prober must
+    bring. The one place that decides it (from the daemon's config model) for the deploy
+    gate, the handoff, Prometheus, Kubernetes probes and the testinfra suite."""
+
+    bind: str
+    port: int
+    https: bool
+    # The plain listener of api.metrics_port (no TLS, no identities), not the API itself.
+    separate: bool
+    # The TLS handshake needs a client certificate (security.tls.require_client_cert).
+    client_cert: bool
+    # Metrics need no identity (health and readiness never do).
+    open_metrics: bool
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https else "http"
+
+    def url(self, host: str) -> str:
+        return f"{self.scheme}://{_url_host(host)}:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        """How the node itself reaches it."""
+        return self.url(_local(self.bind))
+
+
+def monitoring(config: Config) -> Monitoring | None:
+    """The plain metrics/health listener (`api.metrics_port`) when configured, else the API
+    (https with security.tls); None when the API is off."""
+    api = config.api
+    if not api.enabled:
+        return None
+    if api.metrics_port is not None:
+        bind = api.metrics_bind or api.bind
+        return Monitoring(bind, api.metrics_port, False, True, False, True)
+    tls, access = config.security.tls, config.security.access
+    anonymous = access.anonymous_read if access.anonymous_read is not None else not tls.enabled
+    client_cert = tls.enabled and tls.require_client_cert
+    return Monitoring(api.bind, api.port, tls.enabled, False, client_cert, anonymous)
+
+
+def local_tls_args(config: Config, paths: HostPaths) -> list[str]:
+    """`--ca/--cert/--key` for the probe and the handoff (both run as root on the node) when
+    the monitoring endpoint is https: they show the node's own certificate, which passes a
+    handshake that requires one (health and readiness need no role)."""
+    spot = monitoring(config)
+    tls = config.security.tls
+    if spot is None or not spot.https or not (tls.ca_file and tls.cert_file and tls.key_file):
+        return []
+    return [
+        "--ca",
+        paths.absolute(tls.ca_file),
+        "--cert",
+        paths.absolute(tls.cert_file),
+        "--key",
+        paths.absolute(tls.key_file),
+    ]
+
+
+def etcd_uses_tls(site: Site) -> bool:
+    """etcd speaks TLS (peers and clients) exactly when the site's clustered daemons do: they
+    reach it with the certificate of their `security.tls` (deploy.inventory makes their
+    endpoints https:// then, and refuses a site whose clustered nodes disagree)."""
+    return site.clustering and any(
+        node.config.security.tls.enabled
+        for node in site.tftp_nodes
+        if node.config.clustering.enabled
+    )
 
 
 def local_tftp_address(config: Config) -> str:
@@ -221,7 +316,8 @@ def render_host(
                 etcd_local=node.has("etcd") and config.clustering.enabled,
                 python=install.python,
                 handoff_peers=",".join(handoff_peers(site, node)),
-                api_url=local_api_url(config) if config.api.enabled else "",
+                api_url=_monitoring_url(config),
+                handoff_tls="".join(f" {arg}" for arg in local_tls_args(config, paths)),
                 ready_timeout=site.settings.rollout.gate_timeout,
             ),
         )
@@ -229,6 +325,7 @@ def render_host(
     if node.has("etcd") and site.clustering:
         etcd = site.settings.etcd
         members = site.etcd_nodes
+        tls = etcd_uses_tls(site)
         files["etcd_env"] = RenderedFile(
             paths.etcd_env,
             _render(
@@ -238,11 +335,26 @@ def render_host(
                 node=node,
                 etcd=etcd,
                 members=members,
+                etcd_scheme="https" if tls else "http",
             ),
             0o640,
             "root",
             "etcd",
         )
+        if tls:
+            files["etcd_tls_env"] = RenderedFile(
+                paths.etcd_tls_env,
+                _render(
+                    env,
+                    "etcd/etcd-tls.env.j2",
+                    site=site.site_id,
+                    node=node,
+                    etcd_tls=paths.etcd_tls,
+                ),
+                0o640,
+                "root",
+                "etcd",
+            )
         files["etcd_unit"] = RenderedFile(
             paths.etcd_unit,
             _render(
@@ -251,12 +363,18 @@ def render_host(
                 site=site.site_id,
                 etcd=etcd,
                 paths=paths,
+                etcd_tls=tls,
             ),
         )
         _check_unit(files["etcd_unit"].content, node.name)
     if node.has("lb"):
         files["nginx"] = RenderedFile("/etc/nginx/nginx.conf", render_nginx(site, env))
     return files
+
+
+def _monitoring_url(config: Config) -> str:
+    spot = monitoring(config)
+    return spot.local_url if spot is not None else ""
 
 
 def _check_unit(text: str, host: str) -> None:
@@ -284,11 +402,18 @@ def render_nginx(site: Site, env: jinja2.Environment | None = None) -> str:
 
 def render_prometheus(site: Site, env: jinja2.Environment | None = None) -> str:
     env = env or environment()
-    targets = [
-        {"node": node.name, "target": f"{_url_host(node.address)}:{node.config.api.port}"}
-        for node in site.tftp_nodes
-        if node.config.api.enabled
-    ]
+    targets = []
+    for node in site.tftp_nodes:
+        spot = monitoring(node.config)
+        if spot is None:
+            continue
+        if spot.https or not spot.open_metrics:
+            raise RenderError(
+                f"{node.name}: Prometheus scrapes plain HTTP without an identity, and this "
+                "node's metrics need TLS or a role; set api.metrics_port (the plain "
+                "health and metrics listener)"
+            )
+        targets.append({"node": node.name, "target": f"{_url_host(node.address)}:{spot.port}"})
     text = _render(
         env,
         "prometheus/scrape.yml.j2",
@@ -308,7 +433,8 @@ def kubernetes_config(site: Site) -> Config:
             "node": {"node_id": f"{site.site_id}-k8s", "cluster_id": site.site_id},
             # A Service is an L4 load balancer: replies must come from the listening port.
             "tftp": {"single_port": True},
-            "api": {"bind": "0.0.0.0"},
+            # Both listeners on the pod's address, where the kubelet probes.
+            "api": {"bind": "0.0.0.0", "metrics_bind": None},
             "multi_site": {"site_id": site.site_id},
         },
     )
@@ -326,6 +452,25 @@ def render_kubernetes(site: Site, env: jinja2.Environment | None = None) -> str:
         raise RenderError("kubernetes: min_replicas is larger than max_replicas")
     config_dir = site.settings.install.config_dir
     root = PurePosixPath(str(config.tftp.root))
+    spot = monitoring(config)
+    if spot is not None and spot.client_cert:
+        raise RenderError(
+            "kubernetes: the API requires client certificates, which the kubelet's probes do "
+            "not have; set api.metrics_port (the plain health and metrics listener)"
+        )
+    tls = config.security.tls
+    # The pods' TLS files come from the Secret <name>-tls (keys ca.pem, node.pem, node.key,
+    # crl.pem), each mounted at the path the config names.
+    tls_files = [
+        {"key": key, "path": str(path)}
+        for key, path in (
+            ("ca.pem", tls.ca_file),
+            ("node.pem", tls.cert_file),
+            ("node.key", tls.key_file),
+            ("crl.pem", tls.crl_file),
+        )
+        if tls.enabled and path is not None
+    ]
     text = _render(
         env,
         "kubernetes/simple-tftpd.yaml.j2",
@@ -338,6 +483,8 @@ def render_kubernetes(site: Site, env: jinja2.Environment | None = None) -> str:
             root if root.is_absolute() else PurePosixPath("/var/lib/simple-tftpd") / root
         ),
         grace_seconds=math.ceil(config.tftp.drain_timeout) + 5,
+        health=spot,
+        tls_files=tls_files,
     )
     documents = [doc for doc in _load_yaml_all(text, "kubernetes manifests") if doc]
     kinds = [doc.get("kind") for doc in documents]

@@ -14,6 +14,11 @@ switch config, unit and release, start, and pass the health gate (unit active,
 `/api/v1/ready`, a real TFTP fetch of the health file with the right sha256). A node that
 fails the gate goes back to its previous release and config, and the deploy stops there,
 leaving the other nodes serving.
+
+With TLS, each host's PKI files (deploy.certs.site_files) are copied atomically, keys first:
+etcd's with the members, the daemon's in its node's step before the daemon (re)starts; a node
+whose only change is renewed files is reloaded (SIGHUP) instead of restarted. The gate and the
+drain probe where deploy.render.monitoring says: the plain metrics listener when configured.
 """
 
 from __future__ import annotations
@@ -28,28 +33,37 @@ from pathlib import Path
 from typing import NoReturn
 
 from deploy import DeployError
+from deploy.certs import TlsFile
 from deploy.inventory import Node, Site
 from deploy.release import Release
 from deploy.remote import Remote, RemoteError, put, q, read_facts, sh, write_file
 from deploy.render import (
     HostPaths,
     RenderedFile,
+    etcd_uses_tls,
     handoff_peers,
     local_api_url,
     local_tftp_address,
+    local_tls_args,
+    monitoring,
     stop_timeout,
 )
 
 Log = Callable[[str], None]
 HANDOFF = Path(__file__).with_name("handoff.py")
 INSTALL_TIMEOUT = 600
-# Polls an etcd member's /health for up to 90 s (the hosts have python3, not etcdctl).
+# Polls an etcd member's /health for up to 90 s (the hosts have python3, not etcdctl). With
+# TLS: argv[2:5] are the member's CA, certificate and key (etcd wants a client certificate).
 ETCD_HEALTH = """
-import json, sys, time, urllib.request
+import json, ssl, sys, time, urllib.request
+context = None
+if len(sys.argv) > 2:
+    context = ssl.create_default_context(cafile=sys.argv[2])
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
 deadline = time.time() + 90
 while time.time() < deadline:
     try:
-        with urllib.request.urlopen(sys.argv[1], timeout=3) as response:
+        with urllib.request.urlopen(sys.argv[1], timeout=3, context=context) as response:
             if json.load(response).get("health") == "true":
                 sys.exit(0)
     except Exception:
@@ -273,14 +287,20 @@ def drain(c: Remote, site: Site, node: Node, state: HostState, log: Log) -> bool
     port = str(node.config.tftp.port)
     on = _handoff(site, "on", "--port", port, "--peers", ",".join(peers), "--address", node.address)
     sh(c, f"{_handoff(site, 'hold', 'on')} && {on}", "handing new requests to the peers")
-    if state.active != "active" or not state.current or not node.config.api.enabled:
+    spot = monitoring(node.config)
+    if state.active != "active" or not state.current or spot is None:
         return True
     paths = HostPaths(site.settings.install)
     release_dir = f"{paths.releases}/{state.current}"
-    probe = (
-        f"{q(release_dir)}/venv/bin/python {q(release_dir)}/probe.py sessions "
-        f"--api {q(local_api_url(node.config))}"
-    )
+    probe = f"{q(release_dir)}/venv/bin/python {q(release_dir)}/probe.py sessions "
+    if spot.separate:
+        # The plain listener serves no status, but metrics without an identity.
+        probe += f"--metrics --api {q(spot.local_url)}"
+    else:
+        # With TLS, /api/v1/status needs a role the node's certificate does not carry: the
+        # count fails and the daemon's own SIGTERM drain covers the transfers.
+        probe += f"--api {q(local_api_url(node.config))}"
+    probe += "".join(f" {q(arg)}" for arg in local_tls_args(node.config, paths))
     deadline = time.monotonic() + node.config.tftp.drain_timeout
     while True:
         result = sh(c, probe, "counting running transfers", check=False, timeout=30)
@@ -304,12 +324,15 @@ def gate(c: Remote, site: Site, node: Node, release_id: str) -> None:
     """Pass, or raise GateFailed with the probe's verdict and the unit's last log lines."""
     install = site.settings.install
     rollout = site.settings.rollout
-    release_dir = f"{HostPaths(install).releases}/{release_id}"
+    paths = HostPaths(install)
+    release_dir = f"{paths.releases}/{release_id}"
     config = node.config
-    api = local_api_url(config) if config.api.enabled else ""
+    spot = monitoring(config)
+    api = spot.local_url if spot is not None else ""
+    tls = "".join(f" {q(arg)}" for arg in local_tls_args(config, paths))
     command = (
         f"{q(release_dir)}/venv/bin/python {q(release_dir)}/probe.py gate"
-        f" --unit {q(install.service)} --api {q(api)}"
+        f" --unit {q(install.service)} --api {q(api)}{tls}"
         f" --tftp {q(local_tftp_address(config))} --port {config.tftp.port}"
         f" --file {q(rollout.health_file)} --sha256 {CANARY_SHA256}"
         f" --timeout {rollout.gate_timeout:g}"
@@ -384,6 +407,45 @@ def _record(c: Remote, site: Site, state: HostState, release_id: str) -> None:
         sh(c, f"rm -rf -- {targets}", "removing old releases", check=False)
 
 
+# --- TLS material --------------------------------------------------------------------------------
+
+
+def install_tls(c: Remote, node: Node, files: Sequence[TlsFile], what: str, log: Log) -> bool:
+    """Copy the PKI files that differ (content, mode or owner) to the host, each atomically
+    and keys first; True when any was written. One round trip when nothing changed."""
+    if not files:
+        return False
+    checks = [
+        f"if [ -f {q(f.path)} ]; then echo f{index}=$(sha256sum < {q(f.path)} | cut -c1-64)"
+        f":$(stat -c %a:%U:%G {q(f.path)}); fi"
+        for index, f in enumerate(files)
+    ]
+    facts = read_facts(c, "; ".join([*checks, "true"]), f"reading the {what} TLS files")
+    changed = [
+        f
+        for index, f in enumerate(files)
+        if facts.get(f"f{index}")
+        != f"{hashlib.sha256(f.content).hexdigest()}:{f.mode:o}:{f.owner}:{f.group}"
+    ]
+    for f in sorted(changed, key=lambda f: not f.is_key):
+        write_file(c, f.path, f.content, mode=f.mode, owner=f.owner, group=f.group)
+    if changed:
+        log(f"{node.name}: installed {len(changed)} {what} TLS files")
+    return bool(changed)
+
+
+def _split_tls(site: Site, files: Sequence[TlsFile]) -> tuple[list[TlsFile], list[TlsFile]]:
+    """(the daemon's files, etcd's files) of one host."""
+    member = vars(HostPaths(site.settings.install).etcd_tls).values()
+    etcd = [f for f in files if f.path in member]
+    return [f for f in files if f.path not in member], etcd
+
+
+def _reload(c: Remote, site: Site) -> None:
+    """SIGHUP: new certificates for new connections, running transfers untouched."""
+    sh(c, f"systemctl reload {q(site.settings.install.service)}", "reloading the daemon")
+
+
 # --- one node -------------------------------------------------------------------------------------
 
 
@@ -394,9 +456,13 @@ def roll_node(
     release: Release,
     files: Mapping[str, RenderedFile],
     log: Log,
+    tls: Sequence[TlsFile] = (),
 ) -> str:
-    """Bring one node to `release` and its rendered files; returns what was done."""
+    """Bring one node to `release`, its rendered files and its TLS files; returns what was
+    done. New TLS files are in place before the daemon (re)starts; a node that needs nothing
+    else only reloads them (SIGHUP, no restart)."""
     state = host_state(c, site)
+    tls_changed = install_tls(c, node, _split_tls(site, tls)[0], "daemon", log)
     config, unit = files["config"], files["unit"]
     unchanged = (
         state.current == release.release_id
@@ -407,7 +473,12 @@ def roll_node(
     )
     if unchanged:
         try:
+            if tls_changed:
+                _reload(c, site)
             gate(c, site, node, release.release_id)
+            if tls_changed:
+                log(f"{node.name}: reloaded its TLS files and healthy ({release.release_id})")
+                return "reloaded"
             log(f"{node.name}: unchanged and healthy ({release.release_id})")
             return "unchanged"
         except GateFailed as failure:
@@ -556,14 +627,24 @@ def deploy_etcd(
     site: Site,
     files: Mapping[str, Mapping[str, RenderedFile]],
     log: Log,
+    tls: Mapping[str, Sequence[TlsFile]] | None = None,
 ) -> None:
     """Install and start the etcd members together (a member waits for its peers' quorum,
-    so starting them one by one would block), then wait until every member is healthy."""
+    so starting them one by one would block), then wait until every member is healthy.
+    With TLS, each member's certificate, key (readable by etcd only), CA and CRL first."""
     etcd = site.settings.etcd
     unit_name = f"{site.settings.install.service}-etcd"
+    secure = etcd_uses_tls(site)
+    member = HostPaths(site.settings.install).etcd_tls
     for node in site.etcd_nodes:
         c = connections[node.name]
-        for key in ("etcd_env", "etcd_unit"):
+        if secure:
+            etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
+            if len(etcd_files) != len(vars(member)):
+                raise DeployError(f"{node.name}: etcd runs TLS but its files are missing")
+            install_tls(c, node, etcd_files, "etcd", log)
+        keys = ["etcd_env", "etcd_tls_env", "etcd_unit"] if secure else ["etcd_env", "etcd_unit"]
+        for key in keys:
             rendered = files[node.name][key]
             write_file(
                 c,
@@ -582,11 +663,13 @@ def deploy_etcd(
             f" && systemctl restart --no-block {unit_name}",
             "starting etcd",
         )
+    scheme = "https" if secure else "http"
+    tls_args = f" {q(member.ca)} {q(member.cert)} {q(member.key)}" if secure else ""
     for node in site.etcd_nodes:
-        url = f"http://{node.address}:{etcd.client_port}/health"
+        url = f"{scheme}://{_url_host(node.address)}:{etcd.client_port}/health"
         sh(
             connections[node.name],
-            f"python3 -c {q(ETCD_HEALTH)} {q(url)}",
+            f"python3 -c {q(ETCD_HEALTH)} {q(url)}{tls_args}",
             f"waiting for etcd member {node.name}",
             timeout=120,
         )
@@ -603,17 +686,27 @@ def deploy_site(
     files: Mapping[str, Mapping[str, RenderedFile]],
     log: Log,
     only: Sequence[str] | None = None,
+    tls: Mapping[str, Sequence[TlsFile]] | None = None,
 ) -> dict[str, str]:
-    """The whole rollout; returns what happened per host. Raises on the first failed node."""
+    """The whole rollout; returns what happened per host. Raises on the first failed node.
+
+    `tls`: each host's PKI files (deploy.certs.site_files; empty for a site without TLS)."""
     selected = site.select(only)
     tftp = [node for node in selected if node.has("tftp")]
+    tls = tls or {}
     outcome: dict[str, str] = {}
     prepare_all(connections, site, tftp, release, log)
     if site.clustering and any(node.has("etcd") for node in selected):
-        deploy_etcd(connections, site, files, log)
+        deploy_etcd(connections, site, files, log, tls)
     for node in tftp:
         outcome[node.name] = roll_node(
-            connections[node.name], site, node, release, files[node.name], log
+            connections[node.name],
+            site,
+            node,
+            release,
+            files[node.name],
+            log,
+            tls.get(node.name, ()),
         )
     lb_nodes = [node for node in selected if node.has("lb")]
     for node in lb_nodes:
@@ -686,3 +779,7 @@ def _rollback_target(state: HostState) -> str | None:
         if entry != state.current and entry in state.releases:
             return entry
     return None
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

@@ -4,13 +4,18 @@ end-to-end module and torn down even when a test fails)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,11 +23,15 @@ import yaml
 from deploy import PROJECT_ROOT
 from testbed import Testbed
 
-HOSTS = ("lb-1", "tftp-1", "tftp-2", "tftp-3")
-NODES = HOSTS[1:]
+# The site's three nodes and its load balancer, plus a fourth node that `fab cluster-join`
+# adds to the running site at the end (booted with the others: hosts cannot be added later).
+HOSTS = ("lb-1", "tftp-1", "tftp-2", "tftp-3", "tftp-4")
+NODES = HOSTS[1:4]
+NEW_NODE = HOSTS[4]
 BIG_FILE = "e2e/big.bin"
 FAB = Path(sys.executable).with_name("fab")
 FAB_TIMEOUT = 600
+HTTP_TIMEOUT = 15
 
 _TOOLS = ("systemd-nspawn", "debootstrap", "ip")
 _missing = [tool for tool in _TOOLS if not shutil.which(tool)]
@@ -40,18 +49,24 @@ def pytest_configure(config: pytest.Config) -> None:
 class E2ESite:
     bed: Testbed
     inventory: Path
+    # The same site with the fourth node added, as an operator edits it before a join.
+    joined_inventory: Path
     work: Path
     big_sha256: str
+    token: str
 
     @property
     def lb_address(self) -> str:
         return self.bed.hosts["lb-1"].address
 
-    def fab(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def address(self, host: str) -> str:
+        return self.bed.hosts[host].address
+
+    def fab(self, *args: str, inventory: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run `fab TASK --inventory ... ARGS` as an operator would; output is captured."""
         task, *rest = args
         return subprocess.run(
-            [str(FAB), task, "--inventory", str(self.inventory), *rest],
+            [str(FAB), task, "--inventory", str(inventory or self.inventory), *rest],
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
@@ -67,6 +82,68 @@ class E2ESite:
     def current_version(self, host: str) -> str:
         return self.sh(host, "/opt/simple-tftpd/current/venv/bin/simple-tftpd version").strip()
 
+    def api(
+        self,
+        host: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """A request to `host`'s management API with the site's admin token."""
+        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        url = f"http://{self.address(host)}:8080{path}"
+        request = urllib.request.Request(url, body, all_headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+                return int(response.status), json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), json.loads(exc.read() or b"null")
+
+    def etcd_members(self, host: str) -> list[dict[str, Any]]:
+        """etcd's own member list, read from `host`'s etcd (its v3 JSON gateway)."""
+        url = f"http://{self.address(host)}:2379/v3/cluster/member/list"
+        request = urllib.request.Request(
+            url, b"{}", {"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+            return list(json.load(response).get("members", []))
+
+
+def _site_document(bed: Testbed, nodes: tuple[str, ...], token: str) -> dict[str, Any]:
+    hosts: list[dict[str, Any]] = [
+        {"name": "lb-1", "address": bed.hosts["lb-1"].address, "roles": ["lb"]}
+    ]
+    for name in nodes:
+        host: dict[str, Any] = {
+            "name": name,
+            "address": bed.hosts[name].address,
+            "roles": ["tftp", "etcd"],
+        }
+        if name == "tftp-2":
+            # One node with a supervisor and two workers, as production runs.
+            host["config"] = {"performance": {"thread_pool": {"workers": 2}}}
+        hosts.append(host)
+    return {
+        "site": "e2e",
+        "ssh": {
+            "user": "root",
+            "identity_file": str(bed.key),
+            "known_hosts": str(bed.known_hosts),
+        },
+        "config": {
+            "tftp": {"root": "/srv/tftp", "single_port": True, "drain_timeout": 10},
+            "performance": {"thread_pool": {"workers": 1}},
+            # Every node an etcd member and a member of the site cluster; nodes pull
+            # replicated blobs from each other with the admin token. A node's first reconcile
+            # can run before it knows its peers (nothing to pull from yet); the periodic one
+            # catches up, so keep it short for the joining node.
+            "api": {"token": token},
+            "clustering": {"enabled": True, "resync_seconds": 5},
+        },
+        "hosts": hosts,
+    }
+
 
 # Module scope: the hosts go away as soon as the end-to-end module is done, not at the end of a
 # whole-repository run. Put further end-to-end tests in that module to share the testbed.
@@ -74,35 +151,13 @@ class E2ESite:
 def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ESite]:
     work = tmp_path_factory.mktemp("e2e")
     bed = Testbed(list(HOSTS), log=lambda line: print(line, flush=True))
+    token = secrets.token_hex(16)
     with bed:
         inventory = work / "site.yaml"
-        inventory.write_text(
-            yaml.safe_dump(
-                {
-                    "site": "e2e",
-                    "ssh": {
-                        "user": "root",
-                        "identity_file": str(bed.key),
-                        "known_hosts": str(bed.known_hosts),
-                    },
-                    "config": {
-                        "tftp": {"root": "/srv/tftp", "single_port": True, "drain_timeout": 10},
-                        "performance": {"thread_pool": {"workers": 1}},
-                    },
-                    "hosts": [
-                        {"name": "lb-1", "address": bed.hosts["lb-1"].address, "roles": ["lb"]},
-                        {"name": "tftp-1", "address": bed.hosts["tftp-1"].address},
-                        # One node with a supervisor and two workers, as production runs.
-                        {
-                            "name": "tftp-2",
-                            "address": bed.hosts["tftp-2"].address,
-                            "config": {"performance": {"thread_pool": {"workers": 2}}},
-                        },
-                        {"name": "tftp-3", "address": bed.hosts["tftp-3"].address},
-                    ],
-                },
-                sort_keys=False,
-            )
+        inventory.write_text(yaml.safe_dump(_site_document(bed, NODES, token), sort_keys=False))
+        joined = work / "site-joined.yaml"
+        joined.write_text(
+            yaml.safe_dump(_site_document(bed, (*NODES, NEW_NODE), token), sort_keys=False)
         )
         big = os.urandom(1 << 20)
         for host in NODES:
@@ -113,4 +168,4 @@ def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ESite]:
                     f.write(big)
             finally:
                 client.close()
-        yield E2ESite(bed, inventory, work, hashlib.sha256(big).hexdigest())
+        yield E2ESite(bed, inventory, joined, work, hashlib.sha256(big).hexdigest(), token)

@@ -30,6 +30,36 @@ hosts:
 """
 
 
+# The same site clustered on TLS: etcd on tftp-1 and tftp-2, the plain health and metrics
+# listener on 9180 (what the gate, the handoff and Prometheus use).
+TLS_SITE_YAML = """
+site: lab
+ssh: {user: root}
+config:
+  tftp: {root: /srv/tftp, single_port: true, drain_timeout: 5}
+  api: {token: a-long-shared-admin-token, metrics_port: 9180}
+  clustering: {enabled: true}
+  security:
+    tls:
+      enabled: true
+      ca_file: /etc/simple-tftpd/tls/ca.pem
+      cert_file: /etc/simple-tftpd/tls/node.pem
+      key_file: /etc/simple-tftpd/tls/node.key
+      crl_file: /etc/simple-tftpd/tls/crl.pem
+hosts:
+  - {name: lb-1, address: 10.0.0.10, roles: [lb]}
+  - {name: tftp-1, address: 10.0.0.11, roles: [tftp, etcd]}
+  - {name: tftp-2, address: 10.0.0.12, roles: [tftp, etcd]}
+  - {name: tftp-3, address: 10.0.0.13}
+"""
+
+
+def tls_site(tmp_path: Path, metrics_port: bool = True) -> Site:
+    """TLS_SITE_YAML; without the metrics listener when `metrics_port` is false."""
+    text = TLS_SITE_YAML if metrics_port else TLS_SITE_YAML.replace(", metrics_port: 9180", "")
+    return lab_site(tmp_path, text)
+
+
 def lab_site(tmp_path: Path, text: str = SITE_YAML) -> Site:
     path = tmp_path / "site.yaml"
     path.write_text(text)

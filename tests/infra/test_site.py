@@ -1,12 +1,15 @@
 """The site as a whole: one cluster leader, every node a member, the load balancer serving.
 
 Cluster checks read `GET /api/v1/cluster/status` on every node, expecting `leader` (a node
-id, or an object with `node_id`) and `members` (node ids, or objects with `node_id`); they skip
-when the inventory does not enable clustering.
+id, or an object with `node_id`), `members` (node ids, or objects with `node_id`) and
+`quorum`; they skip when the inventory does not enable clustering. Nodes refresh their view
+every `lease_ttl / 3` seconds, so right after a deploy the views are read again (for at most
+SETTLE_TIMEOUT seconds) until they agree, and the checks judge the last reading.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +19,8 @@ from deploy.render import HostPaths, local_api_url
 from deploy.rollout import CANARY_SHA256
 from tests.infra.conftest import site_host
 from tests.infra.helpers import fetch_sha256, get_json
+
+SETTLE_TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +34,39 @@ def _node_id(entry: Any) -> str:
     return str(entry.get("node_id") if isinstance(entry, dict) else entry)
 
 
+def _members(view: dict[str, Any]) -> set[str]:
+    return {_node_id(member) for member in view.get("members", [])}
+
+
+def _agree(views: dict[str, Any]) -> bool:
+    leaders = {_node_id(view.get("leader")) for view in views.values()}
+    return (
+        len(leaders) == 1
+        and leaders <= set(views)
+        and all(view.get("quorum") for view in views.values())
+        and all(_members(view) >= set(views) for view in views.values())
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster_views(inventory_site: Site, pytestconfig: pytest.Config) -> dict[str, Any]:
     if not inventory_site.clustering:
         pytest.skip("clustering is not enabled in the inventory")
-    views = {}
-    for node in inventory_site.tftp_nodes:
-        host = site_host(pytestconfig, node)
-        status, body = get_json(host, f"{local_api_url(node.config)}/api/v1/cluster/status")
-        assert status == 200, f"{node.name}: cluster status answered {status}"
-        views[node.config.node.node_id] = body
-    return views
+    nodes = [
+        (node, site_host(pytestconfig, node))
+        for node in inventory_site.tftp_nodes
+        if node.config.clustering.enabled
+    ]
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        views: dict[str, Any] = {}
+        for node, host in nodes:
+            status, body = get_json(host, f"{local_api_url(node.config)}/api/v1/cluster/status")
+            assert status == 200, f"{node.name}: cluster status answered {status}: {body}"
+            views[node.config.node.node_id] = body
+        if _agree(views) or time.monotonic() > deadline:
+            return views
+        time.sleep(1)
 
 
 def test_exactly_one_leader(cluster_views: dict[str, Any]) -> None:
@@ -50,8 +77,13 @@ def test_exactly_one_leader(cluster_views: dict[str, Any]) -> None:
 
 def test_every_node_is_a_member(cluster_views: dict[str, Any]) -> None:
     for node, view in cluster_views.items():
-        members = {_node_id(member) for member in view.get("members", [])}
+        members = _members(view)
         assert members >= set(cluster_views), f"{node} sees members {sorted(members)}"
+
+
+def test_every_node_has_etcd_quorum(cluster_views: dict[str, Any]) -> None:
+    without = sorted(node for node, view in cluster_views.items() if not view.get("quorum"))
+    assert not without, f"no etcd quorum on {without}"
 
 
 def test_load_balancer_serves_fetches(inventory_site: Site, pytestconfig: pytest.Config) -> None:

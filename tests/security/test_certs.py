@@ -27,7 +27,11 @@ TLS: dict[str, Any] = {
 def site(tmp_path: Path, address: str = "10.20.0.11") -> Site:
     inventory = {
         "site": "fra1",
-        "config": {"security": {"tls": TLS}},
+        "config": {
+            "security": {"tls": TLS},
+            "clustering": {"enabled": True},
+            "api": {"token": "a-long-shared-admin-token"},
+        },
         "hosts": [
             {"name": "tftp-1", "address": address},
             {"name": "etcd-1", "address": "etcd-1.fra1.example.net", "roles": ["etcd"]},
@@ -132,6 +136,39 @@ def test_host_files_follow_the_nodes_config(tmp_path: Path) -> None:
     paths = certs.etcd_tls_paths(the_site)
     assert set(member) == {paths.ca, paths.cert, paths.key, paths.crl}
     assert (member[paths.key].mode, member[paths.key].owner) == (0o600, certs.ETCD_USER)
+    # Outside the config dir (0750 root:simple-tftpd), which etcd cannot enter.
+    assert not paths.key.startswith(the_site.settings.install.config_dir + "/")
+    # Keys first: a reader that sees a new certificate finds its key in place.
+    assert certs.host_files(the_site, node, pki)[0].is_key
+    assert certs.site_files(the_site, pki).keys() == {"tftp-1", "etcd-1"}
+
+
+def test_a_site_without_tls_needs_no_pki(tmp_path: Path) -> None:
+    path = tmp_path / "plain.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "site": "fra1",
+                "config": {"clustering": {"enabled": True}, "api": {"token": "x" * 24}},
+                "hosts": [{"name": "tftp-1", "address": "10.20.0.11", "roles": ["tftp", "etcd"]}],
+            }
+        )
+    )
+    plain = load_inventory(path)
+    # No PKI directory at all: nothing to copy, nothing asked of `fab certs`.
+    assert certs.site_files(plain, tmp_path / "no-such-pki") == {}
+    assert certs.host_files(plain, plain.node("tftp-1"), tmp_path / "no-such-pki") == []
+
+
+def test_site_files_refuse_a_certificate_of_another_ca(tmp_path: Path) -> None:
+    the_site = site(tmp_path)
+    pki = tmp_path / "pki"
+    certs.issue_site(the_site, pki)
+    stranger = certs.create_authority("other CA")
+    cert, key = certs.issue(stranger, "tftp-1", ["tftp-1"], ["10.20.0.11"])
+    certs.write_pair(pki / "nodes" / "tftp-1.pem", pki / "nodes" / "tftp-1.key", cert, key)
+    with pytest.raises(certs.CertError, match="tftp-1: its certificate was not issued by the CA"):
+        certs.site_files(the_site, pki)
 
 
 def test_expired_certificates_can_be_made_for_tests() -> None:
