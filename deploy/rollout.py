@@ -629,23 +629,45 @@ def deploy_etcd(
     log: Log,
     tls: Mapping[str, Sequence[TlsFile]] | None = None,
 ) -> None:
-    """Install and start the etcd members together (a member waits for its peers' quorum,
-    so starting them one by one would block), then wait until every member is healthy.
-    With TLS, each member's certificate, key (readable by etcd only), CA and CRL first."""
+    """Install etcd's files and start its members. A new site's members start together (a
+    member waits for its peers' quorum, so one by one would block); on a running site only the
+    members whose files changed restart, one at a time, each healthy before the next, so the
+    site keeps its quorum. With TLS, each member's certificate, key (readable by etcd only),
+    CA and CRL first."""
     etcd = site.settings.etcd
     unit_name = f"{site.settings.install.service}-etcd"
     secure = etcd_uses_tls(site)
     member = HostPaths(site.settings.install).etcd_tls
+    keys = ["etcd_env", "etcd_tls_env", "etcd_unit"] if secure else ["etcd_env", "etcd_unit"]
+    plan: dict[str, tuple[bool, list[RenderedFile]]] = {}
     for node in site.etcd_nodes:
-        c = connections[node.name]
         if secure:
             etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
             if len(etcd_files) != len(vars(member)):
                 raise DeployError(f"{node.name}: etcd runs TLS but its files are missing")
-            install_tls(c, node, etcd_files, "etcd", log)
-        keys = ["etcd_env", "etcd_tls_env", "etcd_unit"] if secure else ["etcd_env", "etcd_unit"]
-        for key in keys:
-            rendered = files[node.name][key]
+        rendered = [files[node.name][key] for key in keys]
+        plan[node.name] = _etcd_state(connections[node.name], unit_name, rendered)
+    bootstrap = not any(active for active, _ in plan.values())
+    scheme = "https" if secure else "http"
+    tls_args = f" {q(member.ca)} {q(member.cert)} {q(member.key)}" if secure else ""
+
+    def wait_healthy(node: Node) -> None:
+        url = f"{scheme}://{_url_host(node.address)}:{etcd.client_port}/health"
+        sh(
+            connections[node.name],
+            f"python3 -c {q(ETCD_HEALTH)} {q(url)}{tls_args}",
+            f"waiting for etcd member {node.name}",
+            timeout=120,
+        )
+
+    for node in site.etcd_nodes:
+        c = connections[node.name]
+        active, stale = plan[node.name]
+        renewed = False
+        if secure:
+            etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
+            renewed = install_tls(c, node, etcd_files, "etcd", log)
+        for rendered in stale:
             write_file(
                 c,
                 rendered.path,
@@ -654,6 +676,8 @@ def deploy_etcd(
                 owner=rendered.owner,
                 group=rendered.group,
             )
+        if active and not stale and not renewed:
+            continue
         sh(
             c,
             # Debian's own etcd.service would hold the same ports.
@@ -663,17 +687,32 @@ def deploy_etcd(
             f" && systemctl restart --no-block {unit_name}",
             "starting etcd",
         )
-    scheme = "https" if secure else "http"
-    tls_args = f" {q(member.ca)} {q(member.cert)} {q(member.key)}" if secure else ""
+        if not bootstrap:
+            wait_healthy(node)
+            log(f"{node.name}: etcd member restarted, healthy")
     for node in site.etcd_nodes:
-        url = f"{scheme}://{_url_host(node.address)}:{etcd.client_port}/health"
-        sh(
-            connections[node.name],
-            f"python3 -c {q(ETCD_HEALTH)} {q(url)}{tls_args}",
-            f"waiting for etcd member {node.name}",
-            timeout=120,
-        )
+        wait_healthy(node)
     log(f"etcd: {len(site.etcd_nodes)} members healthy")
+
+
+def _etcd_state(
+    c: Remote, unit: str, rendered: Sequence[RenderedFile]
+) -> tuple[bool, list[RenderedFile]]:
+    """(the member runs, its rendered files that differ from the host's); one round trip."""
+    checks = [
+        f"if [ -f {q(f.path)} ]; then echo f{index}=$(sha256sum < {q(f.path)} | cut -c1-64)"
+        f":$(stat -c %a:%U:%G {q(f.path)}); fi"
+        for index, f in enumerate(rendered)
+    ]
+    script = "; ".join([f"echo active=$(systemctl is-active {q(unit)})", *checks, "true"])
+    facts = read_facts(c, script, "reading etcd's state")
+    stale = [
+        f
+        for index, f in enumerate(rendered)
+        if facts.get(f"f{index}")
+        != f"{hashlib.sha256(f.content.encode()).hexdigest()}:{f.mode:o}:{f.owner}:{f.group}"
+    ]
+    return facts.get("active") == "active", stale
 
 
 # --- the site -----------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ def node_config(
             "etcd_endpoints": etcd.endpoints[index % size :] + etcd.endpoints[: index % size],
             "state_dir": str(workdir / f"{cluster_id}-node{index}-state"),
             "lease_ttl": 2,
-            "resync_seconds": 5,
+            # Long: catch-up must come from the start-up sync, the watch and retries, not a timer.
+            "resync_seconds": 600,
             "replication": {"gc_grace_seconds": 3600},
         },
         "performance": {"thread_pool": {"workers": workers}},

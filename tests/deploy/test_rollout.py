@@ -467,3 +467,80 @@ def test_etcd_on_tls_without_its_files_stops_before_any_change(secure: Secure) -
     with pytest.raises(DeployError, match="tftp-1: etcd runs TLS but its files are missing"):
         deploy_etcd(hosts, site, files, Log(), {})
     assert hosts["tftp-1"].uploads == []
+
+
+CLUSTERED_SITE_YAML = """
+site: lab
+ssh: {user: root}
+config:
+  tftp: {root: /srv/tftp, single_port: true}
+  api: {token: a-long-shared-admin-token}
+  clustering: {enabled: true}
+hosts:
+  - {name: tftp-1, address: 10.0.0.11, roles: [tftp, etcd]}
+  - {name: tftp-2, address: 10.0.0.12, roles: [tftp, etcd]}
+  - {name: tftp-3, address: 10.0.0.13, roles: [tftp, etcd]}
+"""
+
+
+def _etcd_facts(rendered: list[RenderedFile]) -> str:
+    """What `_etcd_state` reads from a host that runs etcd with exactly these files."""
+    return "active=active\n" + "".join(
+        f"f{index}={hashlib.sha256(f.content.encode()).hexdigest()}:{f.mode:o}:{f.owner}:{f.group}\n"
+        for index, f in enumerate(rendered)
+    )
+
+
+def test_running_etcd_members_with_unchanged_files_are_left_alone(tmp_path: Path) -> None:
+    site = lab_site(tmp_path, CLUSTERED_SITE_YAML)
+    files = {node.name: render_host(site, node) for node in site.nodes}
+    hosts = {
+        name: FakeHost(
+            name,
+            [
+                (
+                    "echo active=",
+                    ok(_etcd_facts([files[name]["etcd_env"], files[name]["etcd_unit"]])),
+                )
+            ],
+        )
+        for name in ("tftp-1", "tftp-2", "tftp-3")
+    }
+    log = Log()
+    deploy_etcd(hosts, site, files, log)
+    for host in hosts.values():
+        assert not host.ran("systemctl restart") and host.uploads == [], host.commands
+        assert host.ran("/health")  # still checked
+    assert log.lines == ["etcd: 3 members healthy"]
+
+
+def test_a_running_site_restarts_changed_members_one_at_a_time(tmp_path: Path) -> None:
+    """Each member is healthy again before the next restarts: the site never loses quorum."""
+    site = lab_site(tmp_path, CLUSTERED_SITE_YAML)
+    files = {node.name: render_host(site, node) for node in site.nodes}
+    hosts = {name: FakeHost(name, [("echo active=", ok("active=active\n"))]) for name in files}
+    log = Log()
+    deploy_etcd(hosts, site, files, log)
+    for host in hosts.values():
+        restart = host.index("systemctl restart --no-block simple-tftpd-etcd")
+        assert -1 < restart < host.index("/health"), host.commands
+        assert len(host.uploads) == 2  # the env file and the unit
+    assert log.lines == [
+        "tftp-1: etcd member restarted, healthy",
+        "tftp-2: etcd member restarted, healthy",
+        "tftp-3: etcd member restarted, healthy",
+        "etcd: 3 members healthy",
+    ]
+
+
+def test_a_new_site_starts_every_member_before_waiting(tmp_path: Path) -> None:
+    """No member runs yet: waiting for the first one's health would wait for a quorum that
+    only the others can complete."""
+    site = lab_site(tmp_path, CLUSTERED_SITE_YAML)
+    files = {node.name: render_host(site, node) for node in site.nodes}
+    hosts = {name: FakeHost(name) for name in files}
+    log = Log()
+    deploy_etcd(hosts, site, files, log)
+    for host in hosts.values():
+        assert host.ran("systemctl restart --no-block simple-tftpd-etcd")
+    assert log.lines == ["etcd: 3 members healthy"]

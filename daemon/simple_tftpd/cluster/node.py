@@ -46,6 +46,9 @@ log = logging.getLogger("simple_tftpd.cluster")
 
 MAX_EVENTS = 1000
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=3)
+# A failed replication is retried by a full reconcile this soon (a peer was briefly away),
+# then less and less often while it keeps failing.
+PENDING_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class ClusterNode:
         self._in_doubt: list[tuple[Entry, Entry | None]] = []
         self.site_id = config.multi_site.site_id
         self._hlc = 0
+        self._retry_delay = PENDING_RETRY_SECONDS
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -275,9 +279,17 @@ class ClusterNode:
             lambda c: c.watch_prefix(keys.manifest, start_revision=start_revision)
         )
         deadline = time.monotonic() + self.config.clustering.resync_seconds
+        # Back off while the same entries keep failing (no peer has the blob yet).
+        if self.pending:
+            retry = self._retry_delay
+            self._retry_delay = min(retry * 2, self.config.clustering.resync_seconds)
+        else:
+            retry = self._retry_delay = PENDING_RETRY_SECONDS
         try:
             iterator = watch.__aiter__()
             while True:
+                if self.pending:  # entries that failed to replicate: retry soon, not a period later
+                    deadline = min(deadline, time.monotonic() + retry)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return  # periodic full reconcile
@@ -358,6 +370,11 @@ class ClusterNode:
         """Pull a blob from any peer that has it, verifying the digest."""
         assert self._http is not None
         peers = [m for node, m in self.members.items() if node != self.node_id]
+        if not peers:
+            # At start the first reconcile can run before the membership loop has read the
+            # member list: read it now rather than wait for the next periodic resync.
+            await self._refresh_members()
+            peers = [m for node, m in self.members.items() if node != self.node_id]
         if not peers:
             raise LookupError("no peer to fetch from")
         last: Exception | None = None
