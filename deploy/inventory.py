@@ -166,6 +166,9 @@ class KubernetesSettings(_Model):
     max_replicas: int = Field(default=20, ge=1)
     cpu_target: int = Field(default=70, ge=1, le=100)
     memory_target: int = Field(default=80, ge=1, le=100)
+    # From docs/benchmarks.md: two workers take about 60-75 MiB PSS under a 200-client storm,
+    # plus each worker's hot-file cache (performance.cache.max_size_mb). 512Mi holds that with
+    # room; the limits leave bursts and cluster blob transfers room. Override per site.
     requests: Resources = Resources(cpu="500m", memory="512Mi")
     limits: Resources = Resources(cpu="2", memory="2Gi")
 
