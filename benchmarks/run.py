@@ -31,6 +31,8 @@ from tftpbench.scenarios import FULL, MIB, QUICK, SCENARIOS, Content, Workload, 
 from tftpbench.servers import SERVERS, LaunchContext, running
 from tftpbench.system import (
     SetupError,
+    after_run_facts,
+    cpu_busy_seconds,
     ensure_peer,
     machine_facts,
     require_clients,
@@ -53,6 +55,7 @@ class Plan:
     repeats: int
     work: Workload
     quick: bool
+    note: str | None = None
 
 
 def _names(text: str, known: dict[str, object], what: str) -> list[str]:
@@ -75,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path, Path | None]:
     parser.add_argument("--storm-clients", type=int, help="concurrent clients in the storm")
     parser.add_argument("--storm-mib", type=int, help="file size per storm client in MiB")
     parser.add_argument("--small-fetches", type=int, help="number of small-file fetches")
+    parser.add_argument(
+        "--note",
+        help="what else ran on the machine during the run, written into the report as is",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -92,6 +99,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, Path, Path | None]:
         repeats=args.repeats,
         work=work,
         quick=args.quick,
+        note=args.note,
     )
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     return plan, out, args.json
@@ -220,6 +228,7 @@ def document(
         "make bench                    # full run, rewrites docs/benchmarks.md",
         "make bench ARGS=--quick       # smoke-sized run, writes benchmarks/results/quick.md",
         "make bench ARGS='--servers simple-tftpd,tftpd-hpa --scenarios storm --repeats 5'",
+        "make bench ARGS=\"--note 'what else ran on the machine'\"   # recorded under Machine",
         "make bench-smoke              # seconds: simple-tftpd only, report in /tmp",
         "```",
         "",
@@ -275,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     started = time.monotonic()
     facts = machine_facts()
+    busy_before = cpu_busy_seconds()
     require_clients()
     cgroup.sweep_stale()
     results = Results()
@@ -291,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         launch = LaunchContext(root=base / "root", workdir=base / "work", binaries=binaries)
         run_all(plan, servers, Environment(launch, content, base / "out"), results)
     seconds = time.monotonic() - started
+    facts |= after_run_facts(busy_before, seconds)
+    if plan.note:
+        facts["note"] = plan.note
     report = document(plan, servers, results, facts, software(versions), seconds)
     print(results_markdown(results, plan.scenarios, servers, plan.work))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,11 @@ CAVEATS = """\
 - Expect ~20% run-to-run noise on a shared virtual machine, more when other work runs at the
   same time (see the load average before the run, above); the min-max spread shows it.
   Compare ratios within one run rather than absolute numbers across runs or machines.
+- When other work shares the machine (see the note and the busy share under Machine), the
+  wall-clock columns (MiB/s, req/s, p50/p99) move with it far more than server CPU per
+  block or request, and fork-per-transfer servers (tftpd-hpa: one process per client) get
+  more of a contended CPU than servers with a fixed number of processes. Read the CPU
+  columns first.
 - Lockstep (`big`) throughput is bimodal on this VM: the same server lands near ~20 or near
   ~60-70 MiB/s from one repeat to the next, depending on how the scheduler places client and
   server on the vCPUs, and CPU µs/block moves with it (the slow mode pays for more

@@ -171,6 +171,29 @@ def machine_facts() -> dict[str, str]:
     }
 
 
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(value) for value in fields[:8]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def after_run_facts(busy_before: float | None, seconds: float) -> dict[str, str]:
+    """How busy the machine was during the run: the benchmark's own servers and clients and
+    anything else that ran meanwhile (which the harness cannot tell apart)."""
+    facts = {"load average after the run (1/5/15 min)": _loadavg()}
+    busy_after = cpu_busy_seconds()
+    if busy_before is not None and busy_after is not None and seconds > 0:
+        cores = os.cpu_count() or 1
+        share = (busy_after - busy_before) / (seconds * cores)
+        facts["machine CPU busy during the run (all processes)"] = f"{share:.0%}"
+    return facts
+
+
 def _loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

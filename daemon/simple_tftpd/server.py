@@ -6,19 +6,24 @@ Two modes:
 - single-port: every transfer answers from the listening socket and sessions are told apart
   by client ip:port, which is what L4 load balancers and stateful firewalls need.
 
-Sockets are driven with `loop.add_reader` and non-blocking `recvfrom`/`sendto`: fewer
-layers than asyncio transports on the per-packet path. A send that would block is dropped;
-the transfer's retransmit timer covers it like any lost datagram.
+Sockets are driven with `loop.add_reader` and non-blocking `recvfrom_into`/`sendto`: fewer
+layers than asyncio transports on the per-packet path. Datagrams land in one reused buffer
+and an ACK is read there in place; the transfers still decide what to send. A window goes to
+the kernel in one call (UDP segmentation). A send that would block is dropped; the
+transfer's retransmit timer covers it like any lost datagram.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import random
 import socket
+import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +58,18 @@ Address = tuple[Any, ...]  # (host, port) or (host, port, flowinfo, scope_id)
 RECV_SIZE = 65536
 # Datagrams handled per readiness callback before yielding to other sockets and timers.
 RECV_BATCH = 64
+# UDP generic segmentation offload (Linux 4.18+): a window of equal-sized DATA packets goes
+# to the kernel in one sendmsg and leaves as separate datagrams (measured on loopback: about
+# 1.7 instead of 4.7 us per 1468-byte datagram). Kernel limits: at most 64 segments and one
+# UDP payload's worth of bytes per call.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+_ACK = 4
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     peer: Address
     sock: socket.socket
@@ -68,7 +82,9 @@ class Session:
     generated: Rendered | None = None
 
 
+@functools.lru_cache(maxsize=8)
 def _family_for(bind: str) -> socket.AddressFamily:
+    # Cached: every transfer's socket asks, and parsing the address is not free.
     return socket.AF_INET6 if ipaddress.ip_address(bind).version == 6 else socket.AF_INET
 
 
@@ -96,6 +112,13 @@ class TftpServer:
         self.session_limiter = SessionLimiter(0, 0)
         self.rate_limiter: RateLimiter | None = None
         self.transfer_log = TransferLog(json_lines=False)
+        # Every datagram is received into this one buffer; only non-ACKs are copied out.
+        self._recv_buffer = bytearray(RECV_SIZE)
+        self._recv_view = memoryview(self._recv_buffer)
+        # Windows whose datagrams are larger than this are sent one datagram at a time.
+        self._gso_limit = GSO_MAX_BYTES if sys.platform == "linux" else 0
+        self._gso_ancillary: dict[int, list[tuple[int, int, bytes]]] = {}
+        self._cache_bytes_reported = -1
         self.apply(config)
 
     # -- configuration --------------------------------------------------------------------
@@ -205,6 +228,8 @@ class TftpServer:
         raise OSError(errno.EADDRINUSE, "no free port in tftp.port_range")
 
     def _send(self, sock: socket.socket, datagrams: list[bytes], peer: Address) -> None:
+        if len(datagrams) > 1 and len(datagrams[0]) <= self._gso_limit:
+            datagrams = self._send_segmented(sock, datagrams, peer)
         for datagram in datagrams:
             try:
                 sock.sendto(datagram, peer)
@@ -213,6 +238,40 @@ class TftpServer:
             except OSError as exc:
                 log.debug("send to %s failed: %s", _peer_text(peer), exc)
                 return
+
+    def _send_segmented(
+        self, sock: socket.socket, datagrams: list[bytes], peer: Address
+    ) -> list[bytes]:
+        """Send runs of equal-sized datagrams (a read window) with UDP GSO, a run per call.
+
+        Returns what is left to send one by one: a lone last datagram, or everything from
+        the first run the kernel refused (no checksum offload on the route, segments above
+        the MTU); segments of that size or larger then no longer use GSO.
+        """
+        size = len(datagrams[0])
+        per_call = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        if per_call < 2:
+            return datagrams
+        ancillary = self._gso_ancillary.get(size)
+        if ancillary is None:
+            ancillary = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+            self._gso_ancillary[size] = ancillary
+        start, count = 0, len(datagrams)
+        while count - start > 1:
+            run = datagrams[start : start + per_call]
+            # Only the last segment of a call may be shorter than the others.
+            if set(map(len, run[:-1])) != {size} or len(run[-1]) > size:
+                break
+            try:
+                sock.sendmsg([b"".join(run)], ancillary, 0, peer)
+            except (BlockingIOError, InterruptedError):
+                return []  # dropped; the retransmit timer recovers
+            except OSError as exc:
+                self._gso_limit = min(self._gso_limit, size - 1)
+                log.info("UDP segmentation refused for %d-byte datagrams (%s)", size, exc)
+                break
+            start += len(run)
+        return datagrams[start:]
 
     def _send_error(self, sock: socket.socket, peer: Address, code: ErrorCode, msg: str) -> None:
         self.metrics.errors.labels(str(int(code))).inc()
@@ -223,28 +282,33 @@ class TftpServer:
     def _on_listener_readable(self) -> None:
         sock = self._listener
         assert sock is not None
+        buffer, sessions = self._recv_buffer, self.sessions
         for _ in range(RECV_BATCH):
             try:
-                data, peer = sock.recvfrom(RECV_SIZE)
+                size, peer = sock.recvfrom_into(buffer)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("listener receive error: %s", exc)
                 continue
-            session = self.sessions.get(peer)
+            session = sessions.get(peer)
             if session is not None:
-                if session.sock is sock:
-                    self._on_session_datagram(session, data)
                 # standard mode: a retried request while its transfer runs; the transfer's
                 # own timer resends, so a second transfer is never started.
+                if session.sock is not sock:
+                    continue
+                answered = self._on_session_datagram(session, size)
+                if answered and len(sessions) == 1:
+                    return  # the only peer was just answered: nothing else can be queued
                 continue
-            self._on_new_datagram(sock, data, peer)
+            self._on_new_datagram(sock, bytes(self._recv_view[:size]), peer)
 
     def _on_session_readable(self, session: Session) -> None:
         sock = session.sock
+        buffer = self._recv_buffer
         for _ in range(RECV_BATCH):
             try:
-                data, peer = sock.recvfrom(RECV_SIZE)
+                size, peer = sock.recvfrom_into(buffer)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -255,8 +319,9 @@ class TftpServer:
                 if self._admit(_client_ip(peer)):
                     self._send_error(sock, peer, ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
                 continue
-            self._on_session_datagram(session, data)
-            if session.transfer.finished:
+            if self._on_session_datagram(session, size):
+                # Answered (or ended): the peer's next packet cannot have arrived yet, and
+                # looking for it would cost a failed recvfrom. The loop calls back for it.
                 return
 
     def _admit(self, ip: str) -> bool:
@@ -365,26 +430,35 @@ class TftpServer:
         self._send(sock, transfer.start(now), peer)
         self._after_event(session)
 
-    def _on_session_datagram(self, session: Session, data: bytes) -> None:
+    def _on_session_datagram(self, session: Session, size: int) -> bool:
+        """One datagram from the session's peer, `size` bytes in the receive buffer.
+
+        True if the session sent something or ended, i.e. it now waits for the peer.
+        """
         transfer = session.transfer
-        if data[:2] == b"\x00\x04" and len(data) >= 4 and isinstance(transfer, ReadTransfer):
-            # The per-block hot path: an ACK during a read, without building a packet object.
-            out = transfer.on_ack((data[2] << 8) | data[3], self.loop.time())
+        buffer = self._recv_buffer
+        if size >= 4 and buffer[1] == _ACK and buffer[0] == 0 and type(transfer) is ReadTransfer:
+            # The per-block hot path: an ACK during a read, read from the buffer in place.
+            out = transfer.on_ack((buffer[2] << 8) | buffer[3], self.loop.time())
             if out:
                 self._send(session.sock, out, session.peer)
-            self._after_event(session)
-            return
+            if transfer.outcome is not None or session.timer is None:
+                self._after_event(session)
+            # An ACK only ever moves the deadline later: the armed timer stays (when it
+            # fires early, _on_timer re-arms it for the current deadline).
+            return bool(out) or transfer.outcome is not None
         try:
-            packet = parse(data)
+            packet = parse(bytes(self._recv_view[:size]))
         except MalformedPacket as exc:
             self.metrics.malformed.inc()
             # Garbage from the real peer ends nothing: its next good packet still counts.
             log.debug("malformed packet from %s: %s", _peer_text(session.peer), exc.message)
-            return
+            return False
         out = transfer.receive(packet, self.loop.time())
         if out:
             self._send(session.sock, out, session.peer)
         self._after_event(session)
+        return bool(out) or transfer.finished
 
     def _after_event(self, session: Session) -> None:
         transfer = session.transfer
@@ -431,18 +505,21 @@ class TftpServer:
         outcome = transfer.outcome.value if transfer.outcome else "unknown"
         direction = "write" if session.request.is_write else "read"
         duration = self.loop.time() - session.started
-        self.metrics.active_sessions.dec()
-        self.metrics.transfers.labels(direction, outcome).inc()
-        self.metrics.duration.labels(direction).observe(duration)
+        metrics = self.metrics
+        metrics.active_sessions.dec()
+        metrics.labelled(metrics.transfers, direction, outcome).inc()
+        metrics.labelled(metrics.duration, direction).observe(duration)
         generated = session.generated
         kind = "file" if generated is None else "generated"
         if direction == "read":
-            self.metrics.bytes_sent.inc(transfer.bytes)
-            self.metrics.fetches.labels("tftp", kind, outcome).inc()
-            self.metrics.fetched_bytes.labels("tftp", kind).inc(transfer.bytes)
+            metrics.bytes_sent.inc(transfer.bytes)
+            metrics.labelled(metrics.fetches, "tftp", kind, outcome).inc()
+            metrics.labelled(metrics.fetched_bytes, "tftp", kind).inc(transfer.bytes)
         else:
-            self.metrics.bytes_received.inc(transfer.bytes)
-        self.metrics.cache_bytes.set(self.cache.current_bytes)
+            metrics.bytes_received.inc(transfer.bytes)
+        if self.cache.current_bytes != self._cache_bytes_reported:
+            self._cache_bytes_reported = self.cache.current_bytes
+            metrics.cache_bytes.set(self._cache_bytes_reported)
         self._log_transfer(
             session.peer,
             session.request,

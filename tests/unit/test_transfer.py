@@ -21,6 +21,7 @@ from simple_tftpd.protocol.packets import (
     parse,
 )
 from simple_tftpd.protocol.transfer import (
+    READ_AHEAD_BYTES,
     Limits,
     NegotiationError,
     Outcome,
@@ -218,6 +219,54 @@ def test_window_timeout_resends_whole_window() -> None:
     window = t.receive(Ack(0), 0.0)
     assert t.on_timer(1.0) == window
     assert t.retransmits == 3
+
+
+class CountingSource(Source):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
+        return super().read(offset, length)
+
+
+def test_blocks_are_cut_from_read_ahead_chunks() -> None:
+    data = random.Random(1).randbytes(READ_AHEAD_BYTES * 3 + 77)
+    source = CountingSource(data)
+    params, oack = negotiate(rrq({"blksize": "1000"}), Limits(), len(data))
+    t = ReadTransfer(source, Limits(), params, oack)
+    received = bytearray()
+    out = t.start(0.0)
+    out = t.receive(Ack(0), 0.0)  # the OACK is confirmed
+    while out:
+        packet = parse(out[0])
+        assert isinstance(packet, Data)
+        received += packet.payload
+        out = t.receive(Ack(packet.block), 0.0)
+    assert bytes(received) == data
+    assert t.outcome is Outcome.OK
+    # One read per chunk of blocks, not one per block.
+    per_chunk = READ_AHEAD_BYTES // 1000
+    assert len(source.reads) == -(-t.last_block // per_chunk)
+    assert all(length == per_chunk * 1000 for _, length in source.reads)
+
+
+def test_window_resent_from_before_the_chunk_is_read_again() -> None:
+    blksize = 16384  # read-ahead chunks of one window (4 blocks)
+    data = random.Random(2).randbytes(blksize * 10)
+    source = CountingSource(data)
+    lim = Limits(max_blksize=blksize)
+    params, oack = negotiate(rrq({"blksize": str(blksize), "windowsize": "4"}), lim, len(data))
+    t = ReadTransfer(source, lim, params, oack)
+    t.start(0.0)
+    t.receive(Ack(0), 0.0)  # blocks 1-4
+    t.receive(Ack(2), 0.1)  # blocks 3-6: the chunk now starts at block 5
+    resent = t.on_timer(5.0)  # 3-6 again, from before the chunk
+    assert [parse(d) for d in resent] == [
+        Data(n, data[(n - 1) * blksize : n * blksize]) for n in range(3, 7)
+    ]
+    assert [offset // blksize for offset, _ in source.reads] == [0, 4, 2]
 
 
 def test_block_numbers_roll_over_to_zero() -> None:
