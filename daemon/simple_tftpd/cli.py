@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -12,8 +13,6 @@ from pathlib import Path
 import click
 
 from simple_tftpd import __version__
-from simple_tftpd.backup import commands as backup_commands
-from simple_tftpd.cluster import commands as cluster_commands
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
 from simple_tftpd.logs import setup_logging
 from simple_tftpd.tls import TlsError, TlsState
@@ -24,7 +23,44 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands whose modules pull in grpc (etcd), obstore and cryptography: imported only when one
+# of them runs, so `serve` does not carry those libraries' pages in every process.
+LAZY_COMMANDS = {
+    "simple_tftpd.cluster.commands:register": (
+        "cluster-init",
+        "cluster-join",
+        "cluster-status",
+        "node-health",
+        "cluster-logs",
+        "files",
+    ),
+    "simple_tftpd.cluster.commands:register_site_sync": (
+        "site-sync-init",
+        "site-sync-status",
+        "site-sync-now",
+        "site-sync-logs",
+    ),
+    "simple_tftpd.backup.commands:register": ("backup",),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that registers a module's commands the first time one of them is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = {name for names in LAZY_COMMANDS.values() for name in names}
+        return sorted(set(super().list_commands(ctx)) | lazy)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            for target, names in LAZY_COMMANDS.items():
+                if cmd_name in names:
+                    module, _, function = target.partition(":")
+                    getattr(importlib.import_module(module), function)(self)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="simple-tftpd")
 def main() -> None:
     """simple-tftpd: a hardened TFTP daemon for datacenter network boot."""
@@ -144,8 +180,3 @@ def check_config(config_file: Path, quiet: bool) -> None:
 def version() -> None:
     """Print the version."""
     click.echo(__version__)
-
-
-cluster_commands.register(main)
-cluster_commands.register_site_sync(main)
-backup_commands.register(main)

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from simple_tftpd.config import TlsConfig
 
 log = logging.getLogger("simple_tftpd.tls")
@@ -54,6 +52,9 @@ def _read(path: Path | None, what: str) -> bytes:
 
 
 def read_material(config: TlsConfig) -> TlsMaterial:
+    # cryptography only when TLS is on: a plain daemon does not carry its pages.
+    from cryptography import x509
+
     cert = _read(config.cert_file, "cert_file")
     try:
         leaf = x509.load_pem_x509_certificate(cert)
