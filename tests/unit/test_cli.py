@@ -53,3 +53,31 @@ def test_serve_refuses_a_missing_root(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--root", str(tmp_path / "nope"), "--port", "6969"])
     assert result.exit_code == 2
     assert "tftp.root" in result.output
+
+
+def test_serving_does_not_load_the_cluster_backup_or_crypto_libraries() -> None:
+    """Every worker process carries what `serve` imported before the fork: grpc (etcd), obstore
+    and cryptography belong to commands and features that are not on, so they stay out."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, simple_tftpd.cli, simple_tftpd.daemon, simple_tftpd.server;"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert "click" in loaded and "aiohttp" in loaded  # the probe saw the serving stack
+    assert not loaded & {"grpc", "aetcd", "obstore", "cryptography"}
+
+
+def test_lazy_commands_are_listed_and_run() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in ("cluster-status", "site-sync-now", "backup", "files", "serve"):
+        assert name in result.output
+    result = CliRunner().invoke(main, ["backup", "--help"])
+    assert result.exit_code == 0 and "restore" in result.output
