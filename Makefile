@@ -70,7 +70,8 @@ bench-smoke: setup system-deps
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
 
-# Rolling deploy end to end on systemd-nspawn test hosts (3 nodes + an nginx load balancer;
+# Roll-outs end to end on systemd-nspawn test hosts (a clustered site with etcd, an nginx load
+# balancer, a spare host that `fab cluster-join` adds, and a TLS site;
 # root; the hosts' Debian root is built once and cached in /var/cache/simple-tftpd-testbed).
 # `make test` runs it too. `make testbed-clean` removes what a killed run left behind.
 .PHONY: e2e testbed-clean

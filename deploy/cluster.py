@@ -64,8 +64,10 @@ def _binary(site: Site) -> str:
 
 def _with_config(site: Site, command: str) -> str:
     """`simple-tftpd <command> --config <the node's config>`: the admin token (joins and
-    sync need it), the etcd endpoints (cluster-init) and the TLS files come from it."""
-    return f"{_binary(site)} {command} --config {q(HostPaths(site.settings.install).config)}"
+    sync need it), the etcd endpoints (cluster-init) and the TLS files come from it. Run from
+    the state dir, as the unit runs the daemon: relative paths in the config resolve alike."""
+    paths = HostPaths(site.settings.install)
+    return f"cd {q(paths.state_dir)} && {_binary(site)} {command} --config {q(paths.config)}"
 
 
 def _require_clustering(site: Site) -> None:

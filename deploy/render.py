@@ -527,5 +527,8 @@ def render_site(site: Site, out_dir: Path) -> list[Path]:
         for rendered in render_host(site, node, env).values():
             write(base / node.name / rendered.path.lstrip("/"), rendered.content)
     write(base / "prometheus" / "simple-tftpd.yml", render_prometheus(site, env))
-    write(base / "kubernetes" / "simple-tftpd.yaml", render_kubernetes(site, env))
+    # Pods share one rendered config, so they cannot carry the per-node identity a site
+    # cluster needs (node_id, advertise): a clustered site runs on its hosts, not on Kubernetes.
+    if not site.clustering:
+        write(base / "kubernetes" / "simple-tftpd.yaml", render_kubernetes(site, env))
     return written

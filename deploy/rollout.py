@@ -192,7 +192,14 @@ def prepare_node(c: Remote, site: Site, node: Node, release: Release, log: Log) 
     # ReadWritePaths= in the unit needs these to exist, owned by the daemon's user.
     writable = paths.writable(node.config)
     owner = install.user if root in writable else "root"
-    commands = [f"install -d -m 0755 -o {q(owner)} -g {user} {q(root)}"]
+    commands = [
+        # The state dir as the unit's StateDirectory= makes it, before anything (TLS files at
+        # relative paths) goes into it: systemd chowns the whole tree to the daemon's user at
+        # start when the top directory is not owned by it, which would hand the root-owned
+        # certificate, CA and CRL to the daemon (and make every later deploy rewrite them).
+        f"install -d -m 0750 -o {user} -g {user} {q(paths.state_dir)}",
+        f"install -d -m 0755 -o {q(owner)} -g {user} {q(root)}",
+    ]
     commands += [f"install -d -m 0750 -o {user} -g {user} {q(path)}" for path in writable]
     sh(c, " && ".join(commands), "creating the content root")
     if facts.get("health") != CANARY_SHA256:
@@ -645,8 +652,9 @@ def deploy_etcd(
             etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
             if len(etcd_files) != len(vars(member)):
                 raise DeployError(f"{node.name}: etcd runs TLS but its files are missing")
-        rendered = [files[node.name][key] for key in keys]
-        plan[node.name] = _etcd_state(connections[node.name], unit_name, rendered)
+        plan[node.name] = _etcd_state(
+            connections[node.name], unit_name, [files[node.name][key] for key in keys]
+        )
     bootstrap = not any(active for active, _ in plan.values())
     scheme = "https" if secure else "http"
     tls_args = f" {q(member.ca)} {q(member.cert)} {q(member.key)}" if secure else ""
@@ -667,14 +675,9 @@ def deploy_etcd(
         if secure:
             etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
             renewed = install_tls(c, node, etcd_files, "etcd", log)
-        for rendered in stale:
+        for file in stale:
             write_file(
-                c,
-                rendered.path,
-                rendered.content,
-                mode=rendered.mode,
-                owner=rendered.owner,
-                group=rendered.group,
+                c, file.path, file.content, mode=file.mode, owner=file.owner, group=file.group
             )
         if active and not stale and not renewed:
             continue

@@ -110,6 +110,18 @@ class E2ESite:
             return list(json.load(response).get("members", []))
 
 
+def put_file(bed: Testbed, host: str, path: str, data: bytes) -> None:
+    """Write `data` to `path` on `host` (its directory made first), over SFTP as root."""
+    client = bed.client(host)
+    try:
+        directory = path.rpartition("/")[0] or "/"
+        client.exec_command(f"mkdir -p {directory}")[1].channel.recv_exit_status()
+        with client.open_sftp() as sftp, sftp.open(path, "wb") as handle:
+            handle.write(data)
+    finally:
+        client.close()
+
+
 def _site_document(bed: Testbed, nodes: tuple[str, ...], token: str) -> dict[str, Any]:
     hosts: list[dict[str, Any]] = [
         {"name": "lb-1", "address": bed.hosts["lb-1"].address, "roles": ["lb"]}
@@ -161,11 +173,5 @@ def e2e_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ESite]:
         )
         big = os.urandom(1 << 20)
         for host in NODES:
-            client = bed.client(host)
-            try:
-                client.exec_command("mkdir -p /srv/tftp/e2e")[1].channel.recv_exit_status()
-                with client.open_sftp() as sftp, sftp.open(f"/srv/tftp/{BIG_FILE}", "wb") as f:
-                    f.write(big)
-            finally:
-                client.close()
+            put_file(bed, host, f"/srv/tftp/{BIG_FILE}", big)
         yield E2ESite(bed, inventory, joined, work, hashlib.sha256(big).hexdigest(), token)

@@ -15,7 +15,8 @@ import fabfile
 from deploy.inventory import Node
 from tests.deploy.fakes import SITE_YAML, FakeHost, fail
 
-BINARY = "/opt/simple-tftpd/current/venv/bin/simple-tftpd"
+# Cluster commands run from the state dir, as the unit runs the daemon.
+BINARY = "cd /var/lib/simple-tftpd && /opt/simple-tftpd/current/venv/bin/simple-tftpd"
 # Every cluster command reads the node's token, etcd endpoints and TLS files from its config.
 CONFIG = " --config /etc/simple-tftpd/config.json"
 CLUSTERED = SITE_YAML.replace(

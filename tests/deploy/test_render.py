@@ -184,6 +184,16 @@ def test_render_site_writes_every_file(site: Site, tmp_path: Path) -> None:
     assert {"lab/prometheus/simple-tftpd.yml", "lab/kubernetes/simple-tftpd.yaml"} <= written
 
 
+def test_render_site_of_a_clustered_site_leaves_kubernetes_out(tmp_path: Path) -> None:
+    """`fab render` works for clustered sites: every host's files, etcd's included, and no
+    Kubernetes manifest (pods share one config, a cluster member needs its own identity)."""
+    site = tls_site(tmp_path)
+    written = {str(p.relative_to(tmp_path / "out")) for p in render_site(site, tmp_path / "out")}
+    assert "lab/tftp-1/etc/simple-tftpd/etcd.env" in written
+    assert "lab/prometheus/simple-tftpd.yml" in written
+    assert not any(path.startswith("lab/kubernetes/") for path in written)
+
+
 # --- TLS ------------------------------------------------------------------------------------------
 
 

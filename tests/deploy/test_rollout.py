@@ -30,7 +30,7 @@ from deploy.rollout import (
     roll_node,
     rollback_site,
 )
-from tests.deploy.fakes import Answer, FakeHost, fail, lab_site, ok, tls_site
+from tests.deploy.fakes import TLS_SITE_YAML, Answer, FakeHost, fail, lab_site, ok, tls_site
 
 OLD, NEW = "0.1.0-old", "0.2.0-new"
 HANDOFF_SHA = hashlib.sha256(HANDOFF.read_bytes()).hexdigest()
@@ -434,6 +434,56 @@ def test_a_key_with_the_wrong_owner_is_rewritten(secure: Secure, release: Releas
     assert [data for _, data in host.uploads] == [
         (secure.pki / "nodes" / "tftp-2.key").read_bytes()
     ]
+
+
+def test_the_state_dir_is_the_daemons_before_tls_files_go_into_it(
+    tmp_path: Path, release: Release
+) -> None:
+    """Relative TLS paths live in the state dir. systemd's StateDirectory= chowns the whole
+    tree to the daemon's user at start when the top directory is not the daemon's (as a dir
+    that `install -D` made for the TLS files is not), which gave the root-owned certificate,
+    CA and CRL to the daemon on real hosts. The deploy makes the dir the daemon's first."""
+    relative = "\n".join(
+        [
+            "      ca_file: tls/ca.pem",
+            "      cert_file: tls/node.pem",
+            "      key_file: tls/node.key",
+            "      crl_file: tls/crl.pem",
+        ]
+    )
+    site = lab_site(
+        tmp_path,
+        re.sub(r"(      ca_file.*\n)(.*\n){3}", relative + "\n", TLS_SITE_YAML, count=1),
+    )
+    pki = tmp_path / "pki"
+    certs.issue_site(site, pki)
+    tls = certs.site_files(site, pki)
+    assert {f.path for f in tls["tftp-3"]} == {
+        f"/var/lib/simple-tftpd/tls/{name}"
+        for name in ("ca.pem", "node.pem", "node.key", "crl.pem")
+    }
+    host = FakeHost(
+        "tftp-3",
+        [
+            ("getent group", ok("installed=no\n")),
+            ("echo current=", ok(state(current="", active="inactive", history=""))),
+            ("probe.py gate", GATE_OK),
+        ],
+    )
+    files = {n.name: render_host(site, n) for n in site.nodes}
+    deploy_site(site, {"tftp-3": host}, release, files, Log(), only=["tftp-3"], tls=tls)
+    state_dir = host.index(
+        r"install -d -m 0750 -o simple-tftpd -g simple-tftpd /var/lib/simple-tftpd( |&|$)"
+    )
+    first_file = host.index(r"install -D .* /var/lib/simple-tftpd/tls/")
+    start = host.index("systemctl start simple-tftpd")
+    assert -1 < state_dir < first_file < start, host.commands
+    # The public files stay root's; the key is the daemon's.
+    assert host.ran(r"install -D -m 0644 -o root -g root \S+ /var/lib/simple-tftpd/tls/\.ca\.pem")
+    assert host.ran(
+        r"install -D -m 0600 -o simple-tftpd -g simple-tftpd \S+ /var/lib/simple-tftpd/tls/\."
+        r"node\.key"
+    )
 
 
 def test_etcd_members_get_their_own_key_and_tls_env(secure: Secure) -> None:

@@ -3,7 +3,9 @@ project's TFTP client), and an API request with the system python3."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import testinfra.host
@@ -39,3 +41,14 @@ def fetch_sha256(
 def get_json(host: testinfra.host.Host, url: str) -> tuple[int, Any]:
     answer = json.loads(host.check_output("python3 -c %s %s", GET_JSON, url))
     return int(answer["status"]), answer["body"]
+
+
+@contextlib.contextmanager
+def as_root(host: testinfra.host.Host) -> Iterator[None]:
+    """Run the commands inside as root: through sudo, unless the login user is root already
+    (hosts reached as root need not have sudo at all)."""
+    if host.check_output("id -u") == "0":
+        yield
+        return
+    with host.sudo():
+        yield

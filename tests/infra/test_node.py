@@ -10,10 +10,10 @@ import pytest
 import testinfra.host
 
 from deploy.inventory import InventoryDocument
-from deploy.render import HostPaths, local_tftp_address, local_tls_args, monitoring
+from deploy.render import HostPaths, local_api_url, local_tftp_address, local_tls_args, monitoring
 from deploy.rollout import CANARY_SHA256
 from simple_tftpd.config import Config
-from tests.infra.helpers import fetch_sha256, get_json
+from tests.infra.helpers import as_root, fetch_sha256, get_json
 
 # The capability sets of the daemon's processes: CAP_NET_BIND_SERVICE (bit 10) and nothing else.
 ONLY_NET_BIND_SERVICE = f"{1 << 10:016x}"
@@ -28,6 +28,25 @@ with urllib.request.urlopen(url, timeout=5, context=context) as response:
     print(json.dumps({"status": response.status, "body": json.load(response)}))
 """
 
+# The certificate the API shows a TLS 1.3 client (verified against the CA, with the node's own
+# certificate as the client's) next to the one in cert_file: (version, served, on disk), each
+# a sha256 of the DER. Run as root, for the key.
+SERVED_CERT = """
+import hashlib, socket, ssl, sys
+host, port, ca, cert, key = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+context = ssl.create_default_context(cafile=ca)
+context.minimum_version = ssl.TLSVersion.TLSv1_3
+context.check_hostname = False  # which certificate is served, not which names it has
+context.load_cert_chain(cert, key)
+with socket.create_connection((host, port), timeout=5) as raw:
+    with context.wrap_socket(raw) as tls:
+        served = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+        version = tls.version()
+with open(cert) as handle:
+    on_disk = hashlib.sha256(ssl.PEM_cert_to_DER_cert(handle.read())).hexdigest()
+print(version, served, on_disk)
+"""
+
 
 def _health_get(
     host: testinfra.host.Host, node_config: Config, paths: HostPaths, path: str
@@ -40,7 +59,7 @@ def _health_get(
     tls = local_tls_args(node_config, paths)
     if not tls:
         return get_json(host, url)
-    with host.sudo():
+    with as_root(host):
         answer = json.loads(
             host.check_output("python3 -c %s %s %s %s %s", GET_JSON_TLS, url, *tls[1::2])
         )
@@ -136,6 +155,26 @@ def test_tls_files_readable_only_by_their_user(
         if public is not None:
             file = host.file(paths.absolute(public))
             assert (file.mode, file.user) == (0o644, "root")
+
+
+def test_api_serves_the_installed_certificate_over_tls_13(
+    host: testinfra.host.Host, node_config: Config, paths: HostPaths
+) -> None:
+    """The API shows the certificate in cert_file: after a renewal, proof that the daemon
+    reloaded what the deploy copied."""
+    tls, api = node_config.security.tls, node_config.api
+    if not (tls.enabled and api.enabled):
+        pytest.skip("the API does not serve TLS on this node")
+    assert tls.ca_file and tls.cert_file and tls.key_file
+    address = local_api_url(node_config).removeprefix("https://").rpartition(":")[0].strip("[]")
+    files = [paths.absolute(path) for path in (tls.ca_file, tls.cert_file, tls.key_file)]
+    with as_root(host):
+        answer = host.check_output(
+            "python3 -c %s %s %s %s %s %s", SERVED_CERT, address, str(api.port), *files
+        )
+    version, served, on_disk = answer.split()
+    assert version == "TLSv1.3"
+    assert served == on_disk, "the API serves another certificate than its cert_file"
 
 
 def test_health_and_readiness(

@@ -9,16 +9,18 @@ SETTLE_TIMEOUT seconds) until they agree, and the checks judge the last reading.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
+import testinfra.host
 
-from deploy.inventory import Site
+from deploy.inventory import Node, Site
 from deploy.render import HostPaths, local_api_url
 from deploy.rollout import CANARY_SHA256
 from tests.infra.conftest import site_host
-from tests.infra.helpers import fetch_sha256, get_json
+from tests.infra.helpers import as_root, fetch_sha256, get_json
 
 SETTLE_TIMEOUT = 30.0
 
@@ -48,6 +50,23 @@ def _agree(views: dict[str, Any]) -> bool:
     )
 
 
+def _cluster_status(host: testinfra.host.Host, node: Node, paths: HostPaths) -> dict[str, Any]:
+    """The node's cluster view. With TLS the API wants a certificate and an identity: the
+    daemon's own `cluster-status` runs as root with the node's config (its certificate, CA
+    and api.token), so no secret goes on a command line; in the state dir, the daemon's
+    working directory, where relative TLS paths point."""
+    if not node.config.security.tls.enabled:
+        status, body = get_json(host, f"{local_api_url(node.config)}/api/v1/cluster/status")
+        assert status == 200, f"{node.name}: cluster status answered {status}: {body}"
+        return dict(body)
+    with as_root(host):
+        done = host.run(
+            "cd %s && %s cluster-status --config %s", paths.state_dir, paths.binary, paths.config
+        )
+    assert done.rc == 0, f"{node.name}: cluster-status exit {done.rc}: {done.stdout}{done.stderr}"
+    return dict(json.loads(done.stdout))
+
+
 @pytest.fixture(scope="module")
 def cluster_views(inventory_site: Site, pytestconfig: pytest.Config) -> dict[str, Any]:
     if not inventory_site.clustering:
@@ -57,13 +76,12 @@ def cluster_views(inventory_site: Site, pytestconfig: pytest.Config) -> dict[str
         for node in inventory_site.tftp_nodes
         if node.config.clustering.enabled
     ]
+    paths = HostPaths(inventory_site.settings.install)
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while True:
         views: dict[str, Any] = {}
         for node, host in nodes:
-            status, body = get_json(host, f"{local_api_url(node.config)}/api/v1/cluster/status")
-            assert status == 200, f"{node.name}: cluster status answered {status}: {body}"
-            views[node.config.node.node_id] = body
+            views[node.config.node.node_id] = _cluster_status(host, node, paths)
         if _agree(views) or time.monotonic() > deadline:
             return views
         time.sleep(1)
