@@ -698,7 +698,9 @@ class CacheConfig(ConfigModel):
     enabled: bool = True
     max_size_mb: int = Field(default=64, ge=0, le=65536)
     ttl_seconds: float = Field(default=300, ge=0, le=86400)
-    max_file_size_mb: int = Field(default=8, ge=0, le=65536)
+    # Larger files stream from the kernel page cache with read-ahead (one pread per ~22 blocks):
+    # a private copy per worker would cost memory and save next to nothing.
+    max_file_size_mb: int = Field(default=1, ge=0, le=65536)
 
 
 class PerformanceConfig(ConfigModel):
