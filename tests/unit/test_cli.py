@@ -56,8 +56,9 @@ def test_serve_refuses_a_missing_root(tmp_path: Path) -> None:
 
 
 def test_serving_does_not_load_the_cluster_backup_or_crypto_libraries() -> None:
-    """Every worker process carries what `serve` imported before the fork: grpc (etcd), obstore
-    and cryptography belong to commands and features that are not on, so they stay out."""
+    """Every worker process carries what `serve` imported before the fork: grpc (etcd), obstore,
+    cryptography, Jinja and PyYAML belong to commands and features that are not on, so they
+    stay out."""
     import subprocess
     import sys
 
@@ -71,7 +72,7 @@ def test_serving_does_not_load_the_cluster_backup_or_crypto_libraries() -> None:
         ).stdout.split()
     )
     assert "click" in loaded and "aiohttp" in loaded  # the probe saw the serving stack
-    assert not loaded & {"grpc", "aetcd", "obstore", "cryptography"}
+    assert not loaded & {"grpc", "aetcd", "obstore", "cryptography", "jinja2", "yaml"}
 
 
 def test_lazy_commands_are_listed_and_run() -> None:

@@ -35,17 +35,13 @@ import types
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import yaml
-from jinja2 import BaseLoader, StrictUndefined, Template, TemplateNotFound
-from jinja2.environment import Environment
-from jinja2.loaders import split_template_path
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Literal
 
 from simple_tftpd.config import NETBOOT_PLACEHOLDERS, NetbootConfig
 from simple_tftpd.content.resolve import PathResolver, ResolveError
+
+if TYPE_CHECKING:
+    from jinja2 import Template
 
 log = logging.getLogger("simple_tftpd.generated")
 
@@ -160,37 +156,6 @@ class HostsTable:
     problems: tuple[str, ...] = ()
 
 
-class _HostsYamlLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no stubs here
-    """YAML as data only: no aliases, keys kept as written, no duplicate keys."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        # An alias-bomb expands exponentially as soon as a template prints it.
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        if not isinstance(node, yaml.MappingNode):
-            raise yaml.constructor.ConstructorError(
-                None, None, "expected a mapping", node.start_mark
-            )
-        mapping: dict[str, object] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise yaml.constructor.ConstructorError(
-                    None, None, "mapping keys must be plain values", key_node.start_mark
-                )
-            # As written: YAML 1.1 would read 52:54:00:12:34:56 as a base-60 integer.
-            key = str(key_node.value)
-            if key in mapping:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            mapping[key] = self.construct_object(value_node, deep=deep)
-        return mapping
-
-
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result: dict[str, object] = {}
     for key, value in pairs:
@@ -229,8 +194,11 @@ def parse_hosts(text: str, json_format: bool) -> HostsTable:
         if json_format:
             data = json.loads(text, object_pairs_hook=_reject_duplicates)
         else:
-            data = yaml.load(text, Loader=_HostsYamlLoader)  # a SafeLoader
-    except (ValueError, yaml.YAMLError) as exc:
+            # PyYAML only when a YAML hosts file is in use (see content/templating.py).
+            from simple_tftpd.content.templating import load_hosts_yaml
+
+            data = load_hosts_yaml(text)
+    except ValueError as exc:
         raise HostsFileError(f"not valid {'JSON' if json_format else 'YAML'}: {exc}") from None
     except RecursionError:
         raise HostsFileError("nested too deeply") from None
@@ -370,71 +338,6 @@ def _is_within(directory: str, path: str) -> bool:
     return os.path.commonpath([directory, path]) == directory
 
 
-class _ContentLoader(BaseLoader):
-    """Templates from one directory of the content tree, confined like TFTP names are.
-
-    Jinja's FileSystemLoader would follow a symlink out of the directory; here the real path
-    must stay inside it, and `uptodate` is a stat, so edits and replications take effect on the
-    next render.
-    """
-
-    def __init__(self, resolver: PathResolver, directory: str) -> None:
-        self._root = str(resolver.root)  # already a real path
-        self._directory = os.path.join(self._root, directory)
-
-    def get_source(
-        self, environment: Environment, template: str
-    ) -> tuple[str, str, Callable[[], bool]]:
-        pieces = split_template_path(template)  # refuses ".." itself
-        real_dir = os.path.realpath(self._directory)
-        path = os.path.realpath(os.path.join(real_dir, *pieces))
-        # Inside the templates directory, and that inside the content root, like the hosts file.
-        if not _is_within(self._root, real_dir) or not _is_within(real_dir, path):
-            raise TemplateNotFound(template)
-        try:
-            raw, key = _read_regular(path, MAX_TEMPLATE_BYTES)
-        except OSError:
-            raise TemplateNotFound(template) from None
-
-        def uptodate() -> bool:
-            try:
-                return _key_of(os.stat(path)) == key
-            except OSError:
-                return False
-
-        return raw.decode("utf-8", "replace"), path, uptodate
-
-
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox with `*` and `**` bounded: `'x' * 10**10` would take all memory
-    in one C call, which neither the output limit nor the time limit could interrupt."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def __init__(self, max_bytes: int, **options: Any) -> None:
-        super().__init__(**options)
-        self.max_bytes = max_bytes
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | bytes | list | tuple)
-                    and isinstance(count, int)
-                    and len(seq) * count > self.max_bytes
-                ):
-                    raise _RenderLimit(f"a repetition larger than {self.max_bytes} items")
-        elif (
-            operator == "**"
-            and isinstance(left, int)
-            and isinstance(right, int)
-            and abs(left) > 1
-            and right * abs(left).bit_length() > 8 * self.max_bytes
-        ):
-            raise _RenderLimit("a power larger than the render limit")
-        return super().call_binop(context, operator, left, right)
-
-
 _deadline_armed = [False]
 
 
@@ -530,9 +433,14 @@ class GeneratedFiles:
         ]
         self.max_bytes = netboot.max_render_bytes
         self.hosts = HostsFile(resolver, netboot.hosts_file)
-        self._env = _BoundedSandbox(
+        # Jinja only where generated files are configured (see content/templating.py).
+        from jinja2 import StrictUndefined
+
+        from simple_tftpd.content.templating import BoundedSandbox, ContentLoader
+
+        self._env = BoundedSandbox(
             netboot.max_render_bytes,
-            loader=_ContentLoader(resolver, netboot.templates_dir),
+            loader=ContentLoader(resolver, netboot.templates_dir),
             undefined=StrictUndefined,
             autoescape=False,
             auto_reload=True,
