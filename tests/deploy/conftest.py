@@ -147,11 +147,10 @@ def _site_document(bed: Testbed, nodes: tuple[str, ...], token: str) -> dict[str
             "tftp": {"root": "/srv/tftp", "single_port": True, "drain_timeout": 10},
             "performance": {"thread_pool": {"workers": 1}},
             # Every node an etcd member and a member of the site cluster; nodes pull
-            # replicated blobs from each other with the admin token. A node's first reconcile
-            # can run before it knows its peers (nothing to pull from yet); the periodic one
-            # catches up, so keep it short for the joining node.
+            # replicated blobs from each other with the admin token. The default resync
+            # period (30 s): a joining node catches up through its start-up sync.
             "api": {"token": token},
-            "clustering": {"enabled": True, "resync_seconds": 5},
+            "clustering": {"enabled": True},
         },
         "hosts": hosts,
     }

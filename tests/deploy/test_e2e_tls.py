@@ -127,7 +127,7 @@ def _site_document(bed: Testbed, token: str) -> dict[str, Any]:
             "tftp": {"root": "/srv/tftp", "single_port": True, "drain_timeout": 10},
             "performance": {"thread_pool": {"workers": 1}},
             "api": {"token": token, "metrics_port": METRICS_PORT},
-            "clustering": {"enabled": True, "resync_seconds": 5},
+            "clustering": {"enabled": True},
             "security": {
                 "tls": {
                     "enabled": True,
