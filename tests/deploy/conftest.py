@@ -10,12 +10,13 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -31,6 +32,7 @@ NEW_NODE = HOSTS[4]
 BIG_FILE = "e2e/big.bin"
 FAB = Path(sys.executable).with_name("fab")
 FAB_TIMEOUT = 600
+T = TypeVar("T")
 HTTP_TIMEOUT = 15
 
 _TOOLS = ("systemd-nspawn", "debootstrap", "ip")
@@ -46,18 +48,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @dataclass(frozen=True)
-class E2ESite:
+class HostsSite:
+    """A site on testbed hosts, driven as an operator drives one: fab tasks and shells."""
+
     bed: Testbed
     inventory: Path
-    # The same site with the fourth node added, as an operator edits it before a join.
-    joined_inventory: Path
-    work: Path
-    big_sha256: str
-    token: str
-
-    @property
-    def lb_address(self) -> str:
-        return self.bed.hosts["lb-1"].address
 
     def address(self, host: str) -> str:
         return self.bed.hosts[host].address
@@ -78,6 +73,33 @@ class E2ESite:
         code, out, err = self.bed.run(host, command)
         assert code == 0, f"{host}: {command}: exit {code}: {err}"
         return out
+
+
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    return f"{result.stdout}\n{result.stderr}"
+
+
+def wait_until(check: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
+    """Call `check` until `done` accepts its answer or `timeout` passes; the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if done(answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class E2ESite(HostsSite):
+    # The same site with the fourth node added, as an operator edits it before a join.
+    joined_inventory: Path
+    work: Path
+    big_sha256: str
+    token: str
+
+    @property
+    def lb_address(self) -> str:
+        return self.bed.hosts["lb-1"].address
 
     def current_version(self, host: str) -> str:
         return self.sh(host, "/opt/simple-tftpd/current/venv/bin/simple-tftpd version").strip()

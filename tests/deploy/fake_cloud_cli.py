@@ -99,7 +99,7 @@ def az(state: dict[str, Any], words: list[str]) -> str:
             "-o": 1,
         },
     )
-    group = (opts.get("--resource-group") or opts.get("-g") or [None])[0]
+    group = next(iter(opts.get("--resource-group") or opts.get("-g") or []), None)
     details = "--show-details" in opts or "-d" in opts
     vms = []
     for machine in state["machines"]:

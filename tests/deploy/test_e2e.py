@@ -17,15 +17,21 @@ import json
 import os
 import re
 import subprocess
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 
 from deploy.rollout import CANARY_SHA256
 from tests.deploy.builds import build_variant
-from tests.deploy.conftest import BIG_FILE, NEW_NODE, NODES, E2ESite, needs_testbed
+from tests.deploy.conftest import (
+    BIG_FILE,
+    NEW_NODE,
+    NODES,
+    E2ESite,
+    needs_testbed,
+    output,
+    wait_until,
+)
 from tests.deploy.load import FetchLoad, fetch_sha256
 
 pytestmark = [pytest.mark.e2e, needs_testbed, pytest.mark.timeout(600)]
@@ -41,20 +47,6 @@ T = TypeVar("T")
 
 def _files(site: E2ESite) -> dict[str, str]:
     return {"simple-tftpd-canary.bin": CANARY_SHA256, BIG_FILE: site.big_sha256}
-
-
-def _output(result: subprocess.CompletedProcess[str]) -> str:
-    return f"{result.stdout}\n{result.stderr}"
-
-
-def _wait(check: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
-    """Call `check` until `done` accepts its answer or `timeout` passes; the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if done(answer) or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.5)
 
 
 def _cluster_views(site: E2ESite, hosts: tuple[str, ...]) -> dict[str, Any]:
@@ -119,20 +111,20 @@ def _deploy_under_load(
 
 def test_deploy_from_scratch(e2e_site: E2ESite) -> None:
     result = e2e_site.fab("deploy")
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     assert "etcd: 3 members healthy" in result.stdout
     for node in NODES:
         assert f"{node}: now serving {TREE_VERSION}-" in result.stdout
         assert e2e_site.current_version(node) == TREE_VERSION
     assert "load balancer: serving the health file" in result.stdout
     # The daemons found each other through etcd.
-    views = _wait(lambda: _cluster_views(e2e_site, NODES), _settled, SETTLE_TIMEOUT)
+    views = wait_until(lambda: _cluster_views(e2e_site, NODES), _settled, SETTLE_TIMEOUT)
     assert _settled(views), json.dumps(views, indent=2)
 
 
 def test_verify_passes(e2e_site: E2ESite) -> None:
     result = e2e_site.fab("verify")
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     # The per-site checks ran (pytest's -ra lists every skip with its file).
     skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     assert not [line for line in skipped if "test_site.py" in line], skipped
@@ -141,17 +133,17 @@ def test_verify_passes(e2e_site: E2ESite) -> None:
 
 def test_cluster_tasks_run_the_daemon_commands(e2e_site: E2ESite) -> None:
     init = e2e_site.fab("cluster-init")
-    assert init.returncode == 0, _output(init)
+    assert init.returncode == 0, output(init)
     assert _json_out(init.stdout)["cluster"]["nodes"] == [
         f"{e2e_site.address(node)}:8080" for node in NODES
     ]
     status = e2e_site.fab("cluster-status", "--host", "tftp-2")
-    assert status.returncode == 0, _output(status)
+    assert status.returncode == 0, output(status)
     view = _json_out(status.stdout)
     assert (view["node_id"], view["quorum"]) == ("tftp-2", True)
     assert _member_ids(view) == set(NODES)
     health = e2e_site.fab("node-health")
-    assert health.returncode == 0, _output(health)
+    assert health.returncode == 0, output(health)
     # etcd itself: the three members the deploy bootstrapped, all started.
     members = e2e_site.etcd_members("tftp-3")
     assert sorted(str(member.get("name")) for member in members) == list(NODES)
@@ -160,22 +152,22 @@ def test_cluster_tasks_run_the_daemon_commands(e2e_site: E2ESite) -> None:
 def test_rolling_upgrade_under_load_loses_no_transfer(e2e_site: E2ESite) -> None:
     wheel = build_variant(e2e_site.work, "e2e1")
     result, load = _deploy_under_load(e2e_site, "deploy", "--wheel", str(wheel))
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     assert not load.report.failed and not load.report.corrupt, str(load.report)
     assert load.report.ok >= 2 * WARMUP
     for node in NODES:
         assert e2e_site.current_version(node) == UPGRADE
     verified = e2e_site.fab("verify", "--version", UPGRADE)
-    assert verified.returncode == 0, _output(verified)
+    assert verified.returncode == 0, output(verified)
 
 
 def test_broken_build_is_rolled_back_while_the_site_serves(e2e_site: E2ESite) -> None:
     wheel = build_variant(e2e_site.work, "broken", broken=True)
     result, load = _deploy_under_load(e2e_site, "deploy", "--wheel", str(wheel))
-    output = _output(result)
-    assert result.returncode != 0, output
-    assert "tftp-1: health gate failed" in output
-    assert re.search(rf"tftp-1: rolled back to {re.escape(UPGRADE)}-\w+ and serving", output)
+    text = output(result)
+    assert result.returncode != 0, text
+    assert "tftp-1: health gate failed" in text
+    assert re.search(rf"tftp-1: rolled back to {re.escape(UPGRADE)}-\w+ and serving", text)
     assert not load.report.failed and not load.report.corrupt, str(load.report)
     # The first node went back; the deploy stopped before touching the others.
     for node in NODES:
@@ -185,7 +177,7 @@ def test_broken_build_is_rolled_back_while_the_site_serves(e2e_site: E2ESite) ->
 
 def test_rollback_task_returns_every_node_to_the_previous_release(e2e_site: E2ESite) -> None:
     result, load = _deploy_under_load(e2e_site, "rollback")
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     assert not load.report.failed and not load.report.corrupt, str(load.report)
     for node in NODES:
         assert e2e_site.current_version(node) == TREE_VERSION
@@ -217,7 +209,7 @@ def test_cluster_join_adds_a_fourth_host(e2e_site: E2ESite) -> None:
     _upload(site, "tftp-2", "cluster/before-join.bin", before)
 
     result = site.fab("cluster-join", "--host", NEW_NODE, inventory=site.joined_inventory)
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     assert f"{NEW_NODE}: added to etcd as a member" in result.stdout
     assert f"{NEW_NODE}: member of cluster e2e (4 members" in result.stdout
     assert site.current_version(NEW_NODE) == TREE_VERSION
@@ -230,7 +222,7 @@ def test_cluster_join_adds_a_fourth_host(e2e_site: E2ESite) -> None:
         assert new["peerURLs"] == [f"http://{site.address(NEW_NODE)}:2380"]
 
     everyone = (*NODES, NEW_NODE)
-    views = _wait(lambda: _cluster_views(site, everyone), _settled, SETTLE_TIMEOUT)
+    views = wait_until(lambda: _cluster_views(site, everyone), _settled, SETTLE_TIMEOUT)
     assert _settled(views), json.dumps(views, indent=2)
     leaders = {view["leader"] for view in views.values()}
     assert len(leaders) == 1 and leaders <= set(everyone), leaders
@@ -247,14 +239,14 @@ def test_cluster_join_adds_a_fourth_host(e2e_site: E2ESite) -> None:
             return got == want
 
         # Replication is asynchronous: the new node serves the file once it pulled the blob.
-        fetched = _wait(fetch, arrived, 30)
+        fetched = wait_until(fetch, arrived, 30)
         assert fetched == expected, f"{name} from {NEW_NODE}: {fetched}"
 
     # As the join tells the operator: a deploy of the grown inventory puts the new node behind
     # the load balancer and into the others' configs. etcd restarts every member with the new
     # member list (each keeps its data: the new one's "new" state is not read again).
     deployed = site.fab("deploy", inventory=site.joined_inventory)
-    assert deployed.returncode == 0, _output(deployed)
+    assert deployed.returncode == 0, output(deployed)
     assert "etcd: 4 members healthy" in deployed.stdout
     # Unchanged, unless the tree changed since the join's build.
     assert re.search(rf"^{NEW_NODE}: (unchanged and healthy|now serving)", deployed.stdout, re.M)
@@ -263,4 +255,4 @@ def test_cluster_join_adds_a_fourth_host(e2e_site: E2ESite) -> None:
     # The testinfra suite on the grown site: every check of every node, one leader, four
     # members, the load balancer.
     verified = site.fab("verify", inventory=site.joined_inventory)
-    assert verified.returncode == 0, _output(verified)
+    assert verified.returncode == 0, output(verified)

@@ -25,8 +25,6 @@ import os
 import re
 import secrets
 import ssl
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -37,11 +35,17 @@ import pytest
 import yaml
 from cryptography import x509
 
-from deploy import PROJECT_ROOT
 from deploy import certs as site_certs
 from deploy.rollout import CANARY_SHA256
 from testbed import Testbed
-from tests.deploy.conftest import BIG_FILE, FAB, FAB_TIMEOUT, needs_testbed, put_file
+from tests.deploy.conftest import (
+    BIG_FILE,
+    HostsSite,
+    needs_testbed,
+    output,
+    put_file,
+    wait_until,
+)
 from tests.deploy.load import FetchLoad, fetch_sha256
 
 pytestmark = [pytest.mark.e2e, needs_testbed, pytest.mark.timeout(600)]
@@ -67,35 +71,13 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class TlsSite:
-    bed: Testbed
-    inventory: Path
+class TlsSite(HostsSite):
     pki: Path
     work: Path
     big_sha256: str
     # A client certificate under the admin's own name, from a CA the site does not trust.
     foreign_cert: Path
     foreign_key: Path
-
-    def address(self, host: str) -> str:
-        return self.bed.hosts[host].address
-
-    def fab(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """`fab TASK --inventory SITE ARGS`, as an operator runs it; output captured."""
-        task, *rest = args
-        return subprocess.run(
-            [str(FAB), task, "--inventory", str(self.inventory), *rest],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=FAB_TIMEOUT,
-            check=False,
-        )
-
-    def sh(self, host: str, command: str) -> str:
-        code, out, err = self.bed.run(host, command)
-        assert code == 0, f"{host}: {command}: exit {code}: {err}"
-        return out
 
     @property
     def ca(self) -> Path:
@@ -189,20 +171,6 @@ def tls_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSite]:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _output(result: subprocess.CompletedProcess[str]) -> str:
-    return f"{result.stdout}\n{result.stderr}"
-
-
-def _wait(check: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
-    """Call `check` until `done` accepts its answer or `timeout` passes; the last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if done(answer) or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.5)
 
 
 def _context(
@@ -353,7 +321,7 @@ def _fetch_until(address: str, name: str, expected: str, timeout: float) -> str 
         return got == expected
 
     # Replication is asynchronous: a node serves the file once it pulled the blob.
-    return _wait(fetch, arrived, timeout)
+    return wait_until(fetch, arrived, timeout)
 
 
 def _store_and_fetch_everywhere(site: TlsSite, via: str, name: str) -> None:
@@ -404,7 +372,7 @@ def _outcome(stdout: str) -> dict[str, str]:
 def test_certs_then_deploy_from_scratch(tls_site: TlsSite) -> None:
     site = tls_site
     issued = site.fab("certs", "--pki", str(site.pki), "--client", ADMIN)
-    assert issued.returncode == 0, _output(issued)
+    assert issued.returncode == 0, output(issued)
     for node in NODES:
         assert f"{node}: issued" in issued.stdout, issued.stdout
     assert f"{ADMIN}: issued" in issued.stdout
@@ -412,19 +380,19 @@ def test_certs_then_deploy_from_scratch(tls_site: TlsSite) -> None:
 
     result = site.fab("deploy", "--pki", str(site.pki))
     print(result.stdout)
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     assert "etcd: 3 members healthy" in result.stdout
     for node in NODES:
         assert re.search(rf"^{node}: now serving ", result.stdout, re.M), result.stdout
     assert _outcome(result.stdout) == dict.fromkeys(NODES, "upgraded")
     # The daemons found each other through etcd, over TLS.
-    views = _wait(lambda: _cluster_views(site), _settled, SETTLE_TIMEOUT)
+    views = wait_until(lambda: _cluster_views(site), _settled, SETTLE_TIMEOUT)
     assert _settled(views), json.dumps(views, indent=2)
 
 
 def test_verify_passes(tls_site: TlsSite) -> None:
     result = tls_site.fab("verify")
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     # The per-site cluster checks and the TLS file checks ran (this site has no load
     # balancer to check).
@@ -440,7 +408,7 @@ def test_a_second_deploy_changes_nothing(tls_site: TlsSite) -> None:
     pids = {host: site.main_pid(host) for host in NODES}
     result = site.fab("deploy", "--pki", str(site.pki))
     print(result.stdout)
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     assert _outcome(result.stdout) == dict.fromkeys(NODES, "unchanged")
     # No file copied, no etcd member restarted, no daemon reloaded or restarted.
     assert "TLS files" not in result.stdout, result.stdout
@@ -496,7 +464,7 @@ def test_etcd_refuses_plaintext_and_answers_the_node_certificate(tls_site: TlsSi
 
 def test_one_leader_three_members_and_a_stored_file_on_every_node(tls_site: TlsSite) -> None:
     site = tls_site
-    views = _wait(lambda: _cluster_views(site), _settled, SETTLE_TIMEOUT)
+    views = wait_until(lambda: _cluster_views(site), _settled, SETTLE_TIMEOUT)
     assert _settled(views), json.dumps(views, indent=2)
     leaders = {_leader(view) for view in views.values()}
     assert len(leaders) == 1 and leaders <= set(NODES), leaders
@@ -516,7 +484,7 @@ def test_renewal_under_load_reloads_without_a_restart(tls_site: TlsSite) -> None
     assert old == {host: site.node_serial(host) for host in NODES}
 
     renewed = site.fab("certs", "--pki", str(site.pki), "--force")
-    assert renewed.returncode == 0, _output(renewed)
+    assert renewed.returncode == 0, output(renewed)
     for node in NODES:
         assert f"{node}: renewed (forced)" in renewed.stdout, renewed.stdout
     new = {host: site.node_serial(host) for host in NODES}
@@ -529,7 +497,7 @@ def test_renewal_under_load_reloads_without_a_restart(tls_site: TlsSite) -> None
     for host in NODES:
         assert _https(site, host, "GET", "/api/v1/status", retired)[0] == 401
     revoked = site.fab("certs", "--pki", str(site.pki), "--revoke", str(retired_cert))
-    assert revoked.returncode == 0, _output(revoked)
+    assert revoked.returncode == 0, output(revoked)
 
     files = {"simple-tftpd-canary.bin": CANARY_SHA256, BIG_FILE: site.big_sha256}
     with ExitStack() as stack:
@@ -543,7 +511,7 @@ def test_renewal_under_load_reloads_without_a_restart(tls_site: TlsSite) -> None
         for load in loads.values():
             load.wait_for(load.report.ok + WARMUP, 60)
     print(result.stdout, {host: str(load.report) for host, load in loads.items()})
-    assert result.returncode == 0, _output(result)
+    assert result.returncode == 0, output(result)
     for host, load in loads.items():
         assert not load.report.failed and not load.report.corrupt, f"{host}: {load.report}"
         assert load.report.ok >= 2 * WARMUP, f"{host}: {load.report}"
@@ -564,10 +532,10 @@ def test_renewal_under_load_reloads_without_a_restart(tls_site: TlsSite) -> None
         assert reloads.get("ok", 0) >= 1 and reloads.get("failed", 0) == 0, f"{host}: {reloads}"
     # The cluster carries on over the renewed certificates (etcd's included): one leader, and
     # a file stored now reaches every node (blob pulls, mutual TLS with the new certificates).
-    views = _wait(lambda: _cluster_views(site), _settled, SETTLE_TIMEOUT)
+    views = wait_until(lambda: _cluster_views(site), _settled, SETTLE_TIMEOUT)
     assert _settled(views), json.dumps(views, indent=2)
     _store_and_fetch_everywhere(site, "tftp-3", "cluster/after-renewal.bin")
     # The testinfra suite on the renewed site (it compares the served certificate with each
     # node's cert_file).
     verified = site.fab("verify")
-    assert verified.returncode == 0, _output(verified)
+    assert verified.returncode == 0, output(verified)

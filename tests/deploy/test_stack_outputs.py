@@ -427,7 +427,12 @@ def test_the_wheelhouse_asks_pip_for_the_nodes_python(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[list[str]] = []
-    monkeypatch.setattr(release, "_run", lambda argv, what, cwd=None: asked.append(argv) or "")
+
+    def run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+        asked.append(argv)
+        return ""
+
+    monkeypatch.setattr(release, "_run", run)
     site: Site = load_inventory(stack_file(tmp_path, example_run("aws", "us-east")), hosts=NODES)
     release.dependency_wheels("attrs==25.1.0\n", site.settings.release, tmp_path / "cache")
     (argv,) = asked
