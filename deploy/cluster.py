@@ -23,9 +23,9 @@ from deploy import DeployError
 from deploy.certs import TlsFile
 from deploy.inventory import Node, Site
 from deploy.release import Release
-from deploy.remote import Remote, q, sh, write_file
+from deploy.remote import Remote, q, sh
 from deploy.render import HostPaths, RenderedFile, render_host
-from deploy.rollout import ETCD_HEALTH, prepare_all, roll_node
+from deploy.rollout import ETCD_HEALTH, prepare_all, roll_node, write_rendered
 
 Log = Callable[[str], None]
 # Seconds the new node gets, once its daemon passed the gate, to show up in the cluster.
@@ -327,14 +327,7 @@ def start_etcd_member(
     etcd = site.settings.etcd
     unit = f"{site.settings.install.service}-etcd"
     for rendered in files:
-        write_file(
-            c,
-            rendered.path,
-            rendered.content,
-            mode=rendered.mode,
-            owner=rendered.owner,
-            group=rendered.group,
-        )
+        write_rendered(c, rendered)
     wipe = f" && rm -rf {q(etcd.data_dir)}/member" if fresh else ""
     sh(
         c,

@@ -74,6 +74,18 @@ sys.exit(1)
 CANARY_SIZE = 70_001  # several blocks at any block size, and not a multiple of any
 
 
+def write_rendered(c: Remote, rendered: RenderedFile) -> None:
+    """A rendered file onto the host, atomically, with its owner and mode."""
+    write_file(
+        c,
+        rendered.path,
+        rendered.content,
+        mode=rendered.mode,
+        owner=rendered.owner,
+        group=rendered.group,
+    )
+
+
 def canary_bytes() -> bytes:
     """The health file's content: deterministic, so the gate knows its sha256 in advance."""
     out = bytearray()
@@ -525,14 +537,7 @@ def _activate(
     for path in (config.path, unit.path):
         sh(c, f"if [ -f {q(path)} ]; then cp -p {q(path)} {q(path)}.prev; fi", "saving " + path)
     for rendered in (config, unit):
-        write_file(
-            c,
-            rendered.path,
-            rendered.content,
-            mode=rendered.mode,
-            owner=rendered.owner,
-            group=rendered.group,
-        )
+        write_rendered(c, rendered)
     _switch(c, site, release_id)
 
 
@@ -676,9 +681,7 @@ def deploy_etcd(
             etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
             renewed = install_tls(c, node, etcd_files, "etcd", log)
         for file in stale:
-            write_file(
-                c, file.path, file.content, mode=file.mode, owner=file.owner, group=file.group
-            )
+            write_rendered(c, file)
         if active and not stale and not renewed:
             continue
         sh(
