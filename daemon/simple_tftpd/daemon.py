@@ -284,7 +284,8 @@ class Supervisor(ApiHost):
         """Fork every worker; called before the supervisor's own event loop exists."""
         # Everything imported so far lives as long as the process: moved out of the garbage
         # collector's sight, a collection in a worker never writes to (and so copies) the
-        # pages it shares with the supervisor. Measured: about 10 MiB less PSS per worker.
+        # pages it shares with the supervisor. Measured: no change idle, about 0.7 MiB less
+        # PSS at the peak of a 200-client storm (2 workers).
         _preload_worker_modules()
         gc.collect()
         gc.freeze()

@@ -33,9 +33,8 @@ def build_variant(work: Path, suffix: str, *, broken: bool = False) -> Path:
     if broken:
         # The installed console script then fails at import: the daemon never starts.
         text = text.replace('"simple_tftpd.cli:main"', '"simple_tftpd.missing:main"')
+    # The one version: __version__ reads it from the installed metadata.
     pyproject.write_text(text)
-    init = source / "daemon/simple_tftpd/__init__.py"
-    init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{new}"', init.read_text()))
     out = work / f"dist-{suffix}"
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run(
