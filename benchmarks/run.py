@@ -32,6 +32,7 @@ from tftpbench.servers import SERVERS, LaunchContext, running
 from tftpbench.system import (
     SetupError,
     after_run_facts,
+    compile_python_servers,
     cpu_busy_seconds,
     ensure_peer,
     machine_facts,
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     busy_before = cpu_busy_seconds()
     require_clients()
+    compile_python_servers()
     cgroup.sweep_stale()
     results = Results()
     servers, binaries, versions = prepare_peers(plan, results)

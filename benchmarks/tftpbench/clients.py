@@ -80,12 +80,15 @@ def fetch_atftp(
 ) -> Fetch:
     started = time.monotonic()
     proc = _spawn(atftp_argv(port, remote, local, windowsize))
+    # Not proc.wait(timeout): it polls with sleeps of up to 50 ms, which quantised every
+    # sub-second transfer (a windowed 64 MiB fetch) to 50 ms steps. A pidfd wakes on exit.
     try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
+        (ended,) = _wait_all([proc], started + timeout)
+    finally:
         code = _reap(proc)
-    seconds = time.monotonic() - started
-    return Fetch(ok=code == 0 and verify_and_remove(local, expected), seconds=seconds)
+    seconds = (ended or time.monotonic()) - started
+    ok = ended is not None and code == 0
+    return Fetch(ok=verify_and_remove(local, expected) and ok, seconds=seconds)
 
 
 def _wait_all(procs: list[subprocess.Popen[bytes]], deadline: float) -> list[float | None]:

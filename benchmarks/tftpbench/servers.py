@@ -21,7 +21,7 @@ from pathlib import Path
 from tftpbench import cgroup
 from tftpbench.cgroup import CpuCgroup
 from tftpbench.procfs import tree_cpu_seconds
-from tftpbench.system import simple_tftpd_command
+from tftpbench.system import python_server_env, simple_tftpd_command
 
 HOST = "127.0.0.1"
 BLKSIZE = 1468
@@ -235,6 +235,7 @@ def running(spec: ServerSpec, ctx: LaunchContext) -> Iterator[RunningServer]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ctx.workdir,
+                env=None if spec.peer else python_server_env(),
                 start_new_session=True,
             )
         try:

@@ -109,6 +109,40 @@ def simple_tftpd_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "simple_tftpd"]
 
 
+# What `simple-tftpd serve` and the tftpy server import (the rest is compiled on first use).
+_PYTHON_SERVER_MODULES = (
+    "simple_tftpd.cli",
+    "simple_tftpd.daemon",
+    "simple_tftpd.server",
+    "simple_tftpd.api",
+    "aiohttp.web",
+    "prometheus_client.multiprocess",
+    "uvloop",
+    "tftpy",
+)
+
+
+def python_server_env() -> dict[str, str]:
+    """Environment for the Python servers: bytecode caches on, as after a pip install (pip
+    compiles on install; the fabfile deploys that way). Without them every start compiles
+    its imports from source (measured: ~2 MiB more PSS per daemon process)."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def compile_python_servers() -> None:
+    """Write the bytecode caches once, before anything is measured."""
+    imports = "; ".join(f"import {module}" for module in _PYTHON_SERVER_MODULES)
+    subprocess.run(
+        [sys.executable, "-c", imports],
+        env=python_server_env(),
+        check=True,
+        timeout=QUICK_TIMEOUT * 10,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def tool_version(argv: list[str]) -> str:
     try:
         result = subprocess.run(

@@ -1,5 +1,6 @@
 """How the I/O layer hands a read window to the kernel: UDP segmentation (GSO) for runs of
-equal-sized datagrams, one datagram at a time otherwise or when the kernel refuses."""
+equal-sized datagrams while the worker serves several transfers, one datagram at a time
+otherwise or when the kernel refuses."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import pytest
 
 from simple_tftpd.config import Config
 from simple_tftpd.metrics import Metrics
-from simple_tftpd.server import GSO_MAX_SEGMENTS, SOL_UDP, UDP_SEGMENT, TftpServer
+from simple_tftpd.server import (
+    GSO_MAX_SEGMENTS,
+    GSO_MIN_SESSIONS,
+    SOL_UDP,
+    UDP_SEGMENT,
+    TftpServer,
+)
 
 PEER = ("127.0.0.1", 40000)
 
@@ -41,10 +48,12 @@ class FakeSocket:
         return len(data)
 
 
-def send(datagrams: list[bytes], sock: FakeSocket) -> TftpServer:
+def send(datagrams: list[bytes], sock: FakeSocket, transfers: int = GSO_MIN_SESSIONS) -> TftpServer:
     async def run() -> TftpServer:
         server = TftpServer(Config(), Metrics())
         server._gso_limit = 65000  # as on Linux, whatever runs the test
+        # Only the count of transfers this worker serves matters to how a window is sent.
+        server.sessions = {("127.0.0.1", port): None for port in range(transfers)}  # type: ignore[misc]
         server._send(sock, datagrams, PEER)  # type: ignore[arg-type]
         return server
 
@@ -62,6 +71,14 @@ def test_a_window_goes_out_in_one_call(last: int) -> None:
     sock = FakeSocket()
     send(datagrams, sock)
     assert sock.calls == ["sendmsg"]
+    assert sock.sent == datagrams
+
+
+def test_a_lone_transfer_sends_its_window_datagram_by_datagram() -> None:
+    datagrams = window(16)
+    sock = FakeSocket()
+    send(datagrams, sock, transfers=1)
+    assert sock.calls == ["sendto"] * 16
     assert sock.sent == datagrams
 
 
@@ -109,6 +126,7 @@ def test_the_kernel_delivers_segmented_windows_as_separate_datagrams() -> None:
 
         async def run() -> None:
             server = TftpServer(Config(), Metrics())
+            server.sessions = {("127.0.0.1", n): None for n in range(2)}  # type: ignore[misc]
             server._send(sender, datagrams, receiver.getsockname())
 
         asyncio.run(run())
