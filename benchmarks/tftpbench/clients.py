@@ -118,7 +118,13 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], deadline: float) -> list[flo
 
 
 def storm(
-    port: int, remote: str, outdir: Path, clients: int, expected: Expected, timeout: float
+    port: int,
+    remote: str,
+    outdir: Path,
+    clients: int,
+    expected: Expected,
+    timeout: float,
+    windowsize: int | None = None,
 ) -> tuple[list[Fetch], float]:
     """`clients` atftp processes started back to back; their fetches and the total wall time
     from the first start to the last finish."""
@@ -127,7 +133,7 @@ def storm(
     try:
         for index in range(clients):
             starts.append(time.monotonic())
-            procs.append(_spawn(atftp_argv(port, remote, outdir / f"storm-{index}", None)))
+            procs.append(_spawn(atftp_argv(port, remote, outdir / f"storm-{index}", windowsize)))
         ends = _wait_all(procs, starts[0] + timeout)
     finally:
         codes = [_reap(proc) for proc in procs]

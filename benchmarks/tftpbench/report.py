@@ -24,6 +24,7 @@ SCENARIO_METRICS = {
     "big": ["mib_s", "cpu_us_block"],
     "big-w16": ["mib_s", "cpu_us_block"],
     "storm": ["mib_s", "p50_s", "p99_s", "cpu_us_block", "pss_mib"],
+    "storm-w16": ["mib_s", "p50_s", "p99_s", "cpu_us_block", "pss_mib"],
     "small": ["req_s", "cpu_us_req"],
 }
 
@@ -136,7 +137,7 @@ def servers_markdown(servers: list[str]) -> str:
 
 COLUMNS = """\
 - **MiB/s**: bytes verified by sha256 divided by wall time. Single-file scenarios time one
-  `atftp` process from start to exit; the storm divides all verified bytes by the time from
+  `atftp` process from start to exit; the storms divide all verified bytes by the time from
   the first client's start to the last client's exit (aggregate throughput).
 - **req/s**: verified 1 KiB downloads per second of wall time across all curl workers.
 - **vs tftpd-hpa, vs atftpd**: this server's median divided by the peer's median of the same
@@ -151,7 +152,7 @@ COLUMNS = """\
 - **p50/p99 s/transfer**: per-client time from process start to exit, successful transfers
   only (nearest-rank percentiles).
 - **peak PSS MiB**: largest sum of `Pss` from /proc/PID/smaps_rollup over the server's
-  process tree, sampled every ~100 ms during the storm (includes any content cache).
+  process tree, sampled every ~100 ms during each storm (includes any content cache).
 - **failed**: transfers that failed, timed out or produced wrong bytes / transfers attempted,
   summed over all repeats.
 - Cells are `median (min-max)` over the repeats; `n/a` means the server does not negotiate
@@ -177,13 +178,17 @@ CAVEATS = """\
   server on the vCPUs, and CPU µs/block moves with it (the slow mode pays for more
   wake-ups). A median of 3 can fall in either mode: for lockstep comparisons run
   `--scenarios big --repeats 7`.
-- A windowed 64 MiB transfer takes well under a second, and its times fall on a few values
-  about 50 ms apart with every server (likely the atftp client's timers), so a difference of
-  one step (10-15%) in `big-w16` is noise.
+- A windowed 64 MiB transfer takes well under a second: compare `big-w16` over several
+  repeats (`--scenarios big-w16 --repeats 7`). (Reports before 2026-11-27 timed single
+  fetches with a wait that polled every 50 ms, which quantised them to 50 ms steps.)
+- simple-tftpd sends a window with one UDP segmentation (GSO) call only while a worker
+  serves two or more transfers: one transfer alone goes a datagram at a time, which is
+  faster on loopback (the client reads the first blocks while the rest are sent) at more
+  CPU per block. `big-w16` shows that lone-transfer mode, `storm-w16` the GSO one.
 - All storm clients fetch the same file (as in a PXE boot storm), so servers that cache
   content benefit, as they would in production.
 - Each server is restarted for every repeat and runs the scenarios in order (`big`,
-  `big-w16`, `storm`, `small`); server order is rotated between repeats.
+  `big-w16`, `storm`, `storm-w16`, `small`); server order is rotated between repeats.
 - Server settings: blksize capped at 1468 everywhere, per-transfer logging off,
   simple-tftpd rate limits raised because every client is 127.0.0.1. atftp clients use a
   1 s retransmit timeout for every server."""

@@ -108,12 +108,20 @@ def run_big_windowed(
     return _run_big(server, content, scratch, work.windowsize)
 
 
-def run_storm(server: RunningServer, content: Content, work: Workload, scratch: Path) -> Sample:
+def _run_storm(
+    server: RunningServer, content: Content, work: Workload, scratch: Path, windowsize: int | None
+) -> Sample:
     expected = content.files[STORM_FILE]
     cpu_before = server.cpu_seconds()
     with PeakPss(server.pid) as pss:
         fetches, wall = storm(
-            server.port, STORM_FILE, scratch, work.storm_clients, expected, STORM_TIMEOUT
+            server.port,
+            STORM_FILE,
+            scratch,
+            work.storm_clients,
+            expected,
+            STORM_TIMEOUT,
+            windowsize,
         )
     cpu = server.cpu_seconds() - cpu_before
     times = sorted(fetch.seconds for fetch in fetches if fetch.ok)
@@ -123,6 +131,16 @@ def run_storm(server: RunningServer, content: Content, work: Workload, scratch: 
         metrics |= {"p50_s": percentile(times, 50), "p99_s": percentile(times, 99)}
     metrics |= _cpu_per_block_us(cpu, good_bytes)
     return Sample(metrics, failed=len(fetches) - len(times), attempted=len(fetches))
+
+
+def run_storm(server: RunningServer, content: Content, work: Workload, scratch: Path) -> Sample:
+    return _run_storm(server, content, work, scratch, None)
+
+
+def run_storm_windowed(
+    server: RunningServer, content: Content, work: Workload, scratch: Path
+) -> Sample:
+    return _run_storm(server, content, work, scratch, work.windowsize)
 
 
 def run_small(server: RunningServer, content: Content, work: Workload, scratch: Path) -> Sample:
@@ -161,6 +179,8 @@ class Scenario:
             "big-w16": f"{big}, windowsize {work.windowsize}",
             "storm": f"boot storm: {work.storm_clients} clients x "
             f"{work.storm_bytes / MIB:g} MiB, blksize {BLKSIZE}",
+            "storm-w16": f"boot storm, windowed: {work.storm_clients} clients x "
+            f"{work.storm_bytes / MIB:g} MiB, blksize {BLKSIZE}, windowsize {work.windowsize}",
             "small": f"{work.small_fetches} fetches of a {work.small_bytes} B file, "
             f"{work.small_workers} curl workers",
         }[self.key]
@@ -172,6 +192,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("big", run_big, "mib_s"),
         Scenario("big-w16", run_big_windowed, "mib_s", needs_windowsize=True),
         Scenario("storm", run_storm, "mib_s"),
+        Scenario("storm-w16", run_storm_windowed, "mib_s", needs_windowsize=True),
         Scenario("small", run_small, "req_s"),
     )
 }

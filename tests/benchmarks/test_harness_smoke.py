@@ -37,11 +37,11 @@ def test_quick_run_reports_no_failures(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = out.read_text()
-    for scenario in ("`big`", "`big-w16`", "`storm`", "`small`"):
+    for scenario in ("`big`", "`big-w16`", "`storm`", "`storm-w16`", "`small`"):
         assert scenario in report
     rows = [line for line in report.splitlines() if line.startswith("| simple-tftpd |")]
-    # Scenario tables end with a failed/attempted column: four of them, nothing failed.
+    # Scenario tables end with a failed/attempted column: five of them, nothing failed.
     failed = [row.rstrip(" |").rsplit("|", 1)[1].strip() for row in rows]
     counts = [cell for cell in failed if "/" in cell]
-    assert len(counts) == 4, rows
+    assert len(counts) == 5, rows
     assert all(cell.startswith("0/") for cell in counts), rows
