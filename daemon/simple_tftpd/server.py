@@ -73,6 +73,7 @@ GSO_MAX_BYTES = 65000
 # clients: ~1.7x the per-datagram aggregate).
 GSO_MIN_SESSIONS = 2
 _ACK = 4
+_REQUESTS = (1, 2)  # RRQ, WRQ opcodes
 
 
 @dataclass(eq=False, slots=True)
@@ -303,15 +304,35 @@ class TftpServer:
                 continue
             session = sessions.get(peer)
             if session is not None:
-                # standard mode: a retried request while its transfer runs; the transfer's
-                # own timer resends, so a second transfer is never started.
-                if session.sock is not sock:
+                if size >= 2 and buffer[0] == 0 and buffer[1] in _REQUESTS:
+                    data = bytes(self._recv_view[:size])  # draining below reuses the buffer
+                    if self._ended_by_new_request(session):
+                        self._on_new_datagram(sock, data, peer)
+                    # Otherwise a retried request while the transfer runs: its own timer
+                    # resends, so a second transfer is never started.
                     continue
+                if session.sock is not sock:
+                    continue  # standard mode: the transfer's traffic goes to its own port
                 answered = self._on_session_datagram(session, size)
                 if answered and len(sessions) == 1:
                     return  # the only peer was just answered: nothing else can be queued
                 continue
             self._on_new_datagram(sock, bytes(self._recv_view[:size]), peer)
+
+    def _ended_by_new_request(self, session: Session) -> bool:
+        """A request from the peer of an open transfer: True if that transfer is now over."""
+        if session.own_socket:
+            # Its final ACK may still be queued on the transfer's own socket, behind this
+            # request on the listener (measured: curl asks again from the same port within
+            # a millisecond, and the request waited out a 3 s client retry).
+            self._on_session_readable(session)
+            if self.sessions.get(session.peer) is not session:
+                return True
+        transfer = session.transfer
+        if type(transfer) is ReadTransfer and transfer.on_repeated_request():
+            self._close(session)
+            return True
+        return False
 
     def _on_session_readable(self, session: Session) -> None:
         sock = session.sock

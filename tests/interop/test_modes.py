@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from simple_tftpd.protocol.packets import Data, Opcode, Request, encode_ack, encode_request
+from simple_tftpd.protocol.packets import (
+    Data,
+    OAck,
+    Opcode,
+    Request,
+    encode_ack,
+    encode_request,
+)
 from tests.interop.conftest import needs_clients
 from tests.support.clients import fetch_tftp_hpa, sha256
 from tests.support.daemon import Daemon
@@ -57,6 +64,40 @@ def test_port_range_is_respected(make_daemon) -> None:  # type: ignore[no-untype
 def test_single_port_answers_from_the_listening_port(make_daemon) -> None:  # type: ignore[no-untyped-def]
     daemon = make_daemon({"tftp": {"single_port": True}})
     assert first_reply_port(daemon) == daemon.port
+
+
+@pytest.mark.parametrize("single_port", [False, True], ids=["standard", "single-port"])
+def test_asking_again_after_the_last_block_starts_a_new_transfer_at_once(
+    make_daemon,  # type: ignore[no-untyped-def]
+    content_root: Path,
+    single_port: bool,
+) -> None:
+    """curl asks for its next file from the same port straight away. If the last ACK of the
+    previous transfer is lost (or still queued), the new request must be answered now, not
+    after the old transfer's retries or the client's own 3 s retry."""
+    daemon = make_daemon({"tftp": {"single_port": single_port, "timeout": 30}})
+    expected = (content_root / "boot" / "grub.cfg").read_bytes()
+    request = encode_request(Request(Opcode.RRQ, "boot/grub.cfg", "octet", {"blksize": "1468"}))
+    with Peer() as peer:
+        peer.send(request, daemon.port)
+        reply = peer.receive()
+        assert reply is not None and isinstance(reply[0], OAck)
+        first_tid = reply[1]
+        peer.send(encode_ack(0), first_tid)
+        reply = peer.receive()
+        assert reply is not None and isinstance(reply[0], Data)
+        assert reply[0].payload == expected
+        # The final ACK is never sent: the next request comes from the same port.
+        peer.send(request, daemon.port)
+        reply = peer.receive()  # the old transfer would only resend after 30 s
+        assert reply is not None and isinstance(reply[0], OAck)
+        if not single_port:
+            assert reply[1] != first_tid
+        peer.send(encode_ack(0), reply[1])
+        data = peer.receive()
+        assert data is not None and isinstance(data[0], Data)
+        assert data[0].payload == expected
+        peer.send(encode_ack(1), reply[1])
 
 
 def test_remap_rule_rewrites_backslashes(

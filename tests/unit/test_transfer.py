@@ -317,6 +317,27 @@ def test_retried_request_is_ignored() -> None:
     assert not t.finished
 
 
+def test_request_after_the_last_block_ends_the_transfer() -> None:
+    # The client answered (ACK 0 to the OACK) and has every block: asking again from the
+    # same port starts something new; its final ACK was lost.
+    t = reader(b"e" * 10, {"blksize": "1024"})
+    t.start(0.0)
+    assert t.receive(Ack(0), 0.1) == [encode_data(1, b"e" * 10)]
+    assert t.receive(rrq(), 0.2) == []
+    assert t.outcome is Outcome.OK
+
+
+def test_request_before_the_last_block_is_a_retry() -> None:
+    t = reader(b"f" * 2000, {"blksize": "1024"})
+    t.start(0.0)
+    t.receive(Ack(0), 0.1)
+    assert not t.on_repeated_request()
+    assert not t.finished
+    t.receive(Ack(1), 0.2)  # block 2, the last, goes out
+    assert t.on_repeated_request()
+    assert t.outcome is Outcome.OK
+
+
 def test_cancel_sends_error_once() -> None:
     t = reader(b"c" * 10)
     t.start(0.0)

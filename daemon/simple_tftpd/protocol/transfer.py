@@ -277,8 +277,22 @@ class ReadTransfer(Transfer):
         if isinstance(packet, Error):
             return self._peer_error(packet)
         if isinstance(packet, Request):
-            return []  # a retried request: the timer resends
+            self.on_repeated_request()
+            return []  # a retry: the timer resends; or this transfer has just ended
         return self._fail(ErrorCode.ILLEGAL_OPERATION, "unexpected packet during read")
+
+    def on_repeated_request(self) -> bool:
+        """The peer sent a request again while this transfer is open; True if that ends it.
+
+        Before the client has answered, or before the last block went out, it is a retry
+        (the OACK or a block was lost) and the timer resends. After both, the client has
+        every block and has begun something new from the same port (curl reuses its port at
+        once), so its final ACK was lost: the transfer is over, and the new request must
+        not wait out its retries.
+        """
+        if self.outcome is None and self.verified and self._sent == self.last_block:
+            self._finish(Outcome.OK)
+        return self.outcome is not None
 
     def on_ack(self, wire_block: int, now: float) -> list[bytes]:
         """An ACK (the per-block hot path: the I/O layer calls it without building a packet)."""
