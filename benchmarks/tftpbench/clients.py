@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,15 +126,18 @@ def storm(
     expected: Expected,
     timeout: float,
     windowsize: int | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> tuple[list[Fetch], float]:
     """`clients` atftp processes started back to back; their fetches and the total wall time
-    from the first start to the last finish."""
+    from the first start to the last finish. `wrap` rewrites each argv (to start the client
+    in a cgroup)."""
     starts: list[float] = []
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for index in range(clients):
             starts.append(time.monotonic())
-            procs.append(_spawn(atftp_argv(port, remote, outdir / f"storm-{index}", windowsize)))
+            argv = atftp_argv(port, remote, outdir / f"storm-{index}", windowsize)
+            procs.append(_spawn(wrap(argv) if wrap else argv))
         ends = _wait_all(procs, starts[0] + timeout)
     finally:
         codes = [_reap(proc) for proc in procs]

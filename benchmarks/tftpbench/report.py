@@ -16,6 +16,7 @@ METRIC_HEADERS = {
     "req_s": "req/s",
     "cpu_us_block": "server CPU µs/block",
     "cpu_us_req": "server CPU µs/req",
+    "client_cpu_us_block": "client CPU µs/block",
     "p50_s": "p50 s/transfer",
     "p99_s": "p99 s/transfer",
     "pss_mib": "peak PSS MiB",
@@ -23,8 +24,8 @@ METRIC_HEADERS = {
 SCENARIO_METRICS = {
     "big": ["mib_s", "cpu_us_block"],
     "big-w16": ["mib_s", "cpu_us_block"],
-    "storm": ["mib_s", "p50_s", "p99_s", "cpu_us_block", "pss_mib"],
-    "storm-w16": ["mib_s", "p50_s", "p99_s", "cpu_us_block", "pss_mib"],
+    "storm": ["mib_s", "p50_s", "p99_s", "cpu_us_block", "client_cpu_us_block", "pss_mib"],
+    "storm-w16": ["mib_s", "p50_s", "p99_s", "cpu_us_block", "client_cpu_us_block", "pss_mib"],
     "small": ["req_s", "cpu_us_req"],
 }
 
@@ -149,6 +150,10 @@ COLUMNS = """\
   cutime/cstime; where no cgroup can be made, the harness falls back to summing
   utime+stime+cutime+cstime over the live process tree in /proc/PID/stat (10 ms ticks), which
   undercounts tftpd-hpa.
+- **client CPU µs/block** (storms): CPU used by all the atftp clients per data block, read
+  from a cgroup of their own. Clients share the cores with the server, so a server that
+  makes its clients work harder per block (more cross-CPU wake-ups, colder caches) leaves
+  less CPU for the transfers even at the same server CPU per block.
 - **p50/p99 s/transfer**: per-client time from process start to exit, successful transfers
   only (nearest-rank percentiles).
 - **peak PSS MiB**: largest sum of `Pss` from /proc/PID/smaps_rollup over the server's

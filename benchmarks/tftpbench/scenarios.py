@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tftpbench import cgroup
 from tftpbench.clients import Expected, curl_batch, fetch_atftp, sha256_of, storm
 from tftpbench.procfs import PeakPss
 from tftpbench.servers import BLKSIZE, PROBE_BYTES, PROBE_FILE, RunningServer
@@ -112,24 +113,36 @@ def _run_storm(
     server: RunningServer, content: Content, work: Workload, scratch: Path, windowsize: int | None
 ) -> Sample:
     expected = content.files[STORM_FILE]
-    cpu_before = server.cpu_seconds()
-    with PeakPss(server.pid) as pss:
-        fetches, wall = storm(
-            server.port,
-            STORM_FILE,
-            scratch,
-            work.storm_clients,
-            expected,
-            STORM_TIMEOUT,
-            windowsize,
-        )
-    cpu = server.cpu_seconds() - cpu_before
+    # The clients' CPU too: on shared cores, what a server makes its clients spend (wake-ups,
+    # cache misses) is throughput the aggregate cannot have.
+    clients = cgroup.create(f"clients-{server.port}")
+    try:
+        cpu_before = server.cpu_seconds()
+        client_before = clients.seconds() if clients else 0.0
+        with PeakPss(server.pid) as pss:
+            fetches, wall = storm(
+                server.port,
+                STORM_FILE,
+                scratch,
+                work.storm_clients,
+                expected,
+                STORM_TIMEOUT,
+                windowsize,
+                clients.wrap if clients else None,
+            )
+        cpu = server.cpu_seconds() - cpu_before
+        client_cpu = clients.seconds() - client_before if clients else None
+    finally:
+        if clients:
+            clients.remove()
     times = sorted(fetch.seconds for fetch in fetches if fetch.ok)
     good_bytes = len(times) * expected.size
     metrics = {"mib_s": good_bytes / MIB / wall, "pss_mib": pss.peak_kib / 1024}
     if times:
         metrics |= {"p50_s": percentile(times, 50), "p99_s": percentile(times, 99)}
     metrics |= _cpu_per_block_us(cpu, good_bytes)
+    if client_cpu is not None and good_bytes:
+        metrics["client_cpu_us_block"] = client_cpu * 1e6 / (good_bytes / BLKSIZE)
     return Sample(metrics, failed=len(fetches) - len(times), attempted=len(fetches))
 
 
