@@ -24,8 +24,16 @@ from deploy.certs import TlsFile
 from deploy.inventory import Node, Site
 from deploy.release import Release
 from deploy.remote import Remote, q, sh
-from deploy.render import HostPaths, RenderedFile, render_host
-from deploy.rollout import ETCD_HEALTH, prepare_all, roll_node, write_rendered
+from deploy.render import HostPaths, RenderedFile, etcd_uses_tls, render_host
+from deploy.rollout import (
+    ETCD_HEALTH,
+    etcd_client_tls_args,
+    install_tls,
+    prepare_all,
+    roll_node,
+    split_tls,
+    write_rendered,
+)
 
 Log = Callable[[str], None]
 # Seconds the new node gets, once its daemon passed the gate, to show up in the cluster.
@@ -33,8 +41,13 @@ MEMBER_TIMEOUT = 60.0
 POLL_INTERVAL = 1.0
 # Lists etcd's members through its JSON gateway (the hosts carry python3, not etcdctl),
 # trying each endpoint (comma separated in argv[1]) until one answers.
+# With TLS, argv[2:5] are the CA, certificate and key to present (the member's own).
 ETCD_MEMBERS = """
-import json, sys, urllib.request
+import json, ssl, sys, urllib.request
+context = None
+if len(sys.argv) > 2:
+    context = ssl.create_default_context(cafile=sys.argv[2])
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
 problems = []
 for endpoint in [e for e in sys.argv[1].split(",") if e]:
     url = endpoint if "://" in endpoint else "http://" + endpoint
@@ -42,7 +55,7 @@ for endpoint in [e for e in sys.argv[1].split(",") if e]:
         url.rstrip("/") + "/v3/cluster/member/list", b"{}",
         {"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
             print(json.dumps(json.load(response).get("members", [])))
             sys.exit(0)
     except Exception as exc:
@@ -182,12 +195,6 @@ def check_join(site: Site, host: str) -> tuple[Node, list[Node]]:
     others = [node for node in site.tftp_nodes if node.name != new.name]
     if not others:
         raise DeployError(f"{new.name}: no other node in the inventory to join through")
-    if new.has("etcd") and _etcd_tls(site):
-        raise DeployError(
-            f"{new.name}: joining an etcd member over TLS is not supported yet; give the new "
-            "host the role tftp only (it uses the running etcd members), or add the member by "
-            "hand (etcdctl member add) before `fab deploy`"
-        )
     if new.has("etcd") and not any(node.has("etcd") for node in others):
         raise DeployError(
             f"{new.name}: has the etcd role but no other host does; a site's first etcd "
@@ -245,13 +252,28 @@ def plan_join(
     )
 
 
-def etcd_members(c: Remote, node: Node) -> list[EtcdMember]:
-    """etcd's member list, asked through the endpoints of `node`'s config (plain http: a
-    join of an etcd member over TLS is refused by check_join)."""
+def check_join_tls(site: Site, new: Node, tls: Sequence[TlsFile]) -> list[TlsFile]:
+    """The new etcd member's own TLS files when the site's etcd runs TLS (else none); raises
+    before any host is touched when they are missing."""
+    if not (new.has("etcd") and etcd_uses_tls(site)):
+        return []
+    files = split_tls(site, tls)[1]
+    if len(files) != len(vars(HostPaths(site.settings.install).etcd_tls)):
+        raise DeployError(
+            f"{new.name}: the site's etcd runs TLS and the new member needs its certificate: "
+            "run `fab certs` (it issues certificates for new hosts and keeps the others), "
+            "then pass the PKI directory with --pki"
+        )
+    return files
+
+
+def etcd_members(c: Remote, site: Site, node: Node) -> list[EtcdMember]:
+    """etcd's member list, asked through the endpoints of `node`'s config (an etcd member:
+    with TLS it presents the member's own certificate)."""
     endpoints = ",".join(node.config.clustering.etcd_endpoints)
     result = sh(
         c,
-        f"python3 -c {q(ETCD_MEMBERS)} {q(endpoints)}",
+        f"python3 -c {q(ETCD_MEMBERS)} {q(endpoints)}{etcd_client_tls_args(site)}",
         "listing the etcd members",
         timeout=60,
     )
@@ -268,15 +290,6 @@ def etcd_members(c: Remote, node: Node) -> list[EtcdMember]:
 def etcd_peer_url(site: Site, node: Node) -> str:
     """The peer URL the member on `node` advertises, as the deploy renders it."""
     return _env_value(render_host(site, node)["etcd_env"], "ETCD_INITIAL_ADVERTISE_PEER_URLS")
-
-
-def _etcd_tls(site: Site) -> bool:
-    # As the deploy decides it: etcd speaks TLS when the clustered daemons do.
-    return any(
-        node.config.security.tls.enabled
-        for node in site.tftp_nodes
-        if node.config.clustering.enabled
-    )
 
 
 def initial_cluster(members: Sequence[EtcdMember], new: Node, peer_url: str) -> str:
@@ -320,12 +333,20 @@ def joining_etcd_files(site: Site, node: Node, initial: str) -> list[RenderedFil
 
 
 def start_etcd_member(
-    c: Remote, site: Site, node: Node, files: Sequence[RenderedFile], fresh: bool, log: Log
+    c: Remote,
+    site: Site,
+    node: Node,
+    files: Sequence[RenderedFile],
+    fresh: bool,
+    log: Log,
+    tls: Sequence[TlsFile] = (),
 ) -> None:
-    """Write the member's files and start it; `fresh` empties its data dir first (only ever
-    for a member that etcd has never seen start, so nothing there belongs to this cluster)."""
+    """Write the member's TLS files (if any) and rendered files and start it; `fresh` empties
+    its data dir first (only ever for a member that etcd has never seen start, so nothing
+    there belongs to this cluster)."""
     etcd = site.settings.etcd
     unit = f"{site.settings.install.service}-etcd"
+    install_tls(c, node, tls, "etcd", log)
     for rendered in files:
         write_rendered(c, rendered)
     wipe = f" && rm -rf {q(etcd.data_dir)}/member" if fresh else ""
@@ -343,7 +364,7 @@ def start_etcd_member(
     url = _env_value(files[0], "ETCD_ADVERTISE_CLIENT_URLS").split(",")[0] + "/health"
     health = sh(
         c,
-        f"python3 -c {q(ETCD_HEALTH)} {q(url)}",
+        f"python3 -c {q(ETCD_HEALTH)} {q(url)}{etcd_client_tls_args(site)}",
         "waiting for the etcd member",
         check=False,
         timeout=120,
@@ -370,13 +391,19 @@ def _admit(c: Remote, site: Site, plan: JoinPlan, peer_url: str | None) -> None:
         )
 
 
-def join_etcd(connections: Mapping[str, Remote], site: Site, plan: JoinPlan, log: Log) -> bool:
-    """Make the new node an etcd member (add it, then start it); True if the daemon's join
-    (which did the add) was already asked."""
+def join_etcd(
+    connections: Mapping[str, Remote],
+    site: Site,
+    plan: JoinPlan,
+    log: Log,
+    tls: Sequence[TlsFile] = (),
+) -> bool:
+    """Make the new node an etcd member (add it, then start it, with its own TLS files when
+    etcd runs TLS); True if the daemon's join (which did the add) was already asked."""
     new, through = plan.new, plan.through
     via = through if through.has("etcd") else next(n for n in site.etcd_nodes if n.name != new.name)
     peer_url = etcd_peer_url(site, new)
-    members = etcd_members(connections[via.name], via)
+    members = etcd_members(connections[via.name], site, via)
     mine = [m for m in members if peer_url in m.peer_urls]
     admitted = False
     if not mine:
@@ -388,7 +415,7 @@ def join_etcd(connections: Mapping[str, Remote], site: Site, plan: JoinPlan, log
         _admit(connections[through.name], site, plan, peer_url)
         admitted = True
         log(f"{new.name}: added to etcd as a member ({peer_url})")
-        members = etcd_members(connections[via.name], via)
+        members = etcd_members(connections[via.name], site, via)
         mine = [m for m in members if peer_url in m.peer_urls]
         if not mine:
             raise DeployError(f"{new.name}: join accepted, but etcd does not list {peer_url}")
@@ -404,7 +431,7 @@ def join_etcd(connections: Mapping[str, Remote], site: Site, plan: JoinPlan, log
         )
         return admitted
     files = joining_etcd_files(site, new, initial_cluster(members, new, peer_url))
-    start_etcd_member(connections[new.name], site, new, files, fresh=True, log=log)
+    start_etcd_member(connections[new.name], site, new, files, fresh=True, log=log, tls=tls)
     return admitted
 
 
@@ -466,8 +493,9 @@ def join_node(
     Order matters: etcd admits the member before it starts (else it would bootstrap a
     cluster of its own), and the daemon starts last, against an etcd that already has it."""
     new, candidates = check_join(site, host)
+    etcd_tls = check_join_tls(site, new, tls)
     plan = plan_join(connections, site, new, candidates, leader, log)
-    admitted = join_etcd(connections, site, plan, log) if new.has("etcd") else False
+    admitted = join_etcd(connections, site, plan, log, etcd_tls) if new.has("etcd") else False
     if plan.already_member:
         log(f"{new.name}: already a member of the cluster")
     elif not admitted:

@@ -453,11 +453,20 @@ def install_tls(c: Remote, node: Node, files: Sequence[TlsFile], what: str, log:
     return bool(changed)
 
 
-def _split_tls(site: Site, files: Sequence[TlsFile]) -> tuple[list[TlsFile], list[TlsFile]]:
+def split_tls(site: Site, files: Sequence[TlsFile]) -> tuple[list[TlsFile], list[TlsFile]]:
     """(the daemon's files, etcd's files) of one host."""
     member = vars(HostPaths(site.settings.install).etcd_tls).values()
     etcd = [f for f in files if f.path in member]
     return [f for f in files if f.path not in member], etcd
+
+
+def etcd_client_tls_args(site: Site) -> str:
+    """Arguments for ETCD_HEALTH and the member listing: the CA, certificate and key of the
+    host's etcd member when etcd runs TLS, else none."""
+    if not etcd_uses_tls(site):
+        return ""
+    member = HostPaths(site.settings.install).etcd_tls
+    return f" {q(member.ca)} {q(member.cert)} {q(member.key)}"
 
 
 def _reload(c: Remote, site: Site) -> None:
@@ -481,7 +490,7 @@ def roll_node(
     done. New TLS files are in place before the daemon (re)starts; a node that needs nothing
     else only reloads them (SIGHUP, no restart)."""
     state = host_state(c, site)
-    tls_changed = install_tls(c, node, _split_tls(site, tls)[0], "daemon", log)
+    tls_changed = install_tls(c, node, split_tls(site, tls)[0], "daemon", log)
     config, unit = files["config"], files["unit"]
     unchanged = (
         state.current == release.release_id
@@ -654,7 +663,7 @@ def deploy_etcd(
     plan: dict[str, tuple[bool, list[RenderedFile]]] = {}
     for node in site.etcd_nodes:
         if secure:
-            etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
+            etcd_files = split_tls(site, (tls or {}).get(node.name, ()))[1]
             if len(etcd_files) != len(vars(member)):
                 raise DeployError(f"{node.name}: etcd runs TLS but its files are missing")
         plan[node.name] = _etcd_state(
@@ -662,7 +671,7 @@ def deploy_etcd(
         )
     bootstrap = not any(active for active, _ in plan.values())
     scheme = "https" if secure else "http"
-    tls_args = f" {q(member.ca)} {q(member.cert)} {q(member.key)}" if secure else ""
+    tls_args = etcd_client_tls_args(site)
 
     def wait_healthy(node: Node) -> None:
         url = f"{scheme}://{_url_host(node.address)}:{etcd.client_port}/health"
@@ -678,7 +687,7 @@ def deploy_etcd(
         active, stale = plan[node.name]
         renewed = False
         if secure:
-            etcd_files = _split_tls(site, (tls or {}).get(node.name, ()))[1]
+            etcd_files = split_tls(site, (tls or {}).get(node.name, ()))[1]
             renewed = install_tls(c, node, etcd_files, "etcd", log)
         for file in stale:
             write_rendered(c, file)

@@ -14,11 +14,12 @@ from invoke.exceptions import Exit
 from invoke.runners import Result
 
 import fabfile
-from deploy import DeployError
+from deploy import DeployError, certs
 from deploy import cluster as cluster_mod
 from deploy.cluster import EtcdMember, initial_cluster, join_node
 from deploy.inventory import Node, Site
 from deploy.release import Release
+from deploy.render import HostPaths
 from tests.deploy.fakes import SITE_YAML, TLS_SITE_YAML, FakeHost, fail, lab_site, ok
 
 JOINING = (
@@ -306,16 +307,25 @@ def test_the_task_needs_another_node(tmp_path: Path, untouched: None) -> None:
         fabfile.cluster_join(Context(config=Config()), host="tftp-1", inventory=str(inventory))
 
 
-def test_an_etcd_member_is_not_joined_over_tls_by_guesswork(tmp_path: Path) -> None:
-    """A TLS site: the new host may join as a daemon (role tftp) but not as an etcd member."""
+def test_a_tls_etcd_member_joins_only_with_its_own_certificate(tmp_path: Path) -> None:
+    """A TLS site: a new etcd member needs its member certificate from the site PKI (`fab
+    certs` issues one for a new host), checked before any host is touched; a daemon-only
+    host needs none for etcd."""
     site = lab_site(
         tmp_path,
         TLS_SITE_YAML.replace("address: 10.0.0.13}", "address: 10.0.0.13, roles: [tftp, etcd]}"),
     )
-    with pytest.raises(DeployError, match="joining an etcd member over TLS is not supported"):
-        cluster_mod.check_join(site, "tftp-3")
+    new, _ = cluster_mod.check_join(site, "tftp-3")
+    with pytest.raises(DeployError, match="needs its certificate: run `fab certs`"):
+        cluster_mod.check_join_tls(site, new, [])
+    pki = tmp_path / "pki"
+    certs.issue_site(site, pki)
+    files = cluster_mod.check_join_tls(site, new, certs.site_files(site, pki)["tftp-3"])
+    member = HostPaths(site.settings.install).etcd_tls
+    assert sorted(f.path for f in files) == sorted(vars(member).values())
     daemon_only = lab_site(tmp_path, TLS_SITE_YAML)
-    assert cluster_mod.check_join(daemon_only, "tftp-3")[0].name == "tftp-3"
+    new, _ = cluster_mod.check_join(daemon_only, "tftp-3")
+    assert cluster_mod.check_join_tls(daemon_only, new, []) == []
 
 
 def test_the_task_renders_builds_and_joins_with_the_sites_nodes(

@@ -13,7 +13,10 @@ the node's certificate answered), the site cluster (one leader, 3 members) and a
 through the API fetched from every node by sha256, and a renewal: `fab certs --force` (and a
 client certificate revoked), then `fab deploy --pki` while clients fetch from every node
 without pause: no failed or corrupt fetch, the nodes reloaded (same PIDs), the API shows the
-new certificates and refuses the revoked one, and `fab verify` passes again.
+new certificates and refuses the revoked one, and `fab verify` passes again. Last, a fourth
+host with the roles tftp and etcd joins the running site: `fab certs` issues its certificate
+(keeping the others) and `fab cluster-join --pki` makes it an etcd member over TLS and a
+member of the site cluster that serves what the cluster stores.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from deploy.rollout import CANARY_SHA256
 from testbed import Testbed
 from tests.deploy.conftest import (
     BIG_FILE,
+    NEW_NODE,
     HostsSite,
     needs_testbed,
     output,
@@ -72,6 +76,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TlsSite(HostsSite):
+    # The inventory with NEW_NODE (roles tftp and etcd) added, for the join at the end.
+    joined_inventory: Path
     pki: Path
     work: Path
     big_sha256: str
@@ -97,7 +103,7 @@ class TlsSite(HostsSite):
         return int(self.sh(host, "systemctl show -p MainPID --value simple-tftpd").strip())
 
 
-def _site_document(bed: Testbed, token: str) -> dict[str, Any]:
+def _site_document(bed: Testbed, token: str, nodes: tuple[str, ...] = NODES) -> dict[str, Any]:
     document: dict[str, Any] = {
         "site": SITE,
         "ssh": {
@@ -124,7 +130,7 @@ def _site_document(bed: Testbed, token: str) -> dict[str, Any]:
         },
         "hosts": [
             {"name": name, "address": bed.hosts[name].address, "roles": ["tftp", "etcd"]}
-            for name in NODES
+            for name in nodes
         ],
     }
     # One node keeps its TLS files under its state dir (relative paths), which systemd's
@@ -151,17 +157,22 @@ def tls_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSite]:
     cert, key = site_certs.issue(other, ADMIN)
     foreign = work / "foreign" / f"{ADMIN}.pem"
     site_certs.write_pair(foreign, foreign.with_suffix(".key"), cert, key)
-    bed = Testbed(list(NODES), log=lambda line: print(line, flush=True))
+    # The joining host boots with the others: hosts cannot be added to a running testbed.
+    bed = Testbed([*NODES, NEW_NODE], log=lambda line: print(line, flush=True))
     with bed:
-        inventory = work / "site.yaml"
-        document = _site_document(bed, secrets.token_hex(16))
+        inventory, joined = work / "site.yaml", work / "joined.yaml"
+        token = secrets.token_hex(16)
+        document = _site_document(bed, token)
         inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+        grown = _site_document(bed, token, (*NODES, NEW_NODE))
+        joined.write_text(yaml.safe_dump(grown, sort_keys=False))
         big = os.urandom(1 << 20)
         for host in NODES:
             put_file(bed, host, f"/srv/tftp/{BIG_FILE}", big)
         yield TlsSite(
             bed,
             inventory,
+            joined,
             work / "pki",
             work,
             hashlib.sha256(big).hexdigest(),
@@ -252,9 +263,9 @@ def _leader(view: dict[str, Any]) -> str | None:
     return str(leader) if leader else None
 
 
-def _cluster_views(site: TlsSite) -> dict[str, Any]:
+def _cluster_views(site: TlsSite, hosts: tuple[str, ...] = NODES) -> dict[str, Any]:
     views: dict[str, Any] = {}
-    for host in NODES:
+    for host in hosts:
         try:
             status, body = _admin_json(site, host, "/api/v1/cluster/status")
         except (OSError, ValueError) as exc:  # not answering yet: not settled
@@ -265,12 +276,13 @@ def _cluster_views(site: TlsSite) -> dict[str, Any]:
 
 
 def _settled(views: dict[str, Any]) -> bool:
+    """Every node asked has quorum, names the same leader and sees exactly the nodes asked."""
     leaders = {_leader(view) for view in views.values()}
     return (
         len(leaders) == 1
         and None not in leaders
         and all(view.get("quorum") for view in views.values())
-        and all(_member_ids(view) == set(NODES) for view in views.values())
+        and all(_member_ids(view) == set(views) for view in views.values())
     )
 
 
@@ -324,7 +336,9 @@ def _fetch_until(address: str, name: str, expected: str, timeout: float) -> str 
     return wait_until(fetch, arrived, timeout)
 
 
-def _store_and_fetch_everywhere(site: TlsSite, via: str, name: str) -> None:
+def _store_and_fetch_everywhere(
+    site: TlsSite, via: str, name: str, hosts: tuple[str, ...] = NODES
+) -> None:
     """PUT a file into the cluster through `via`'s API (the admin certificate), then fetch it
     over TFTP from every node: the others pulled its blob from a peer over mutual TLS."""
     data = os.urandom(300_001)
@@ -339,7 +353,7 @@ def _store_and_fetch_everywhere(site: TlsSite, via: str, name: str) -> None:
         {"X-Content-SHA256": digest, "Content-Type": "application/octet-stream"},
     )
     assert status == 201, body
-    for host in NODES:
+    for host in hosts:
         fetched = _fetch_until(site.address(host), name, digest, 30)
         assert fetched == digest, f"{name} from {host}: {fetched}"
 
@@ -539,3 +553,41 @@ def test_renewal_under_load_reloads_without_a_restart(tls_site: TlsSite) -> None
     # node's cert_file).
     verified = site.fab("verify")
     assert verified.returncode == 0, output(verified)
+
+
+def test_an_etcd_member_joins_the_running_site_over_tls(tls_site: TlsSite) -> None:
+    """The operator adds tftp-4 (roles tftp and etcd) to the inventory, runs `fab certs` for
+    its certificate, then `fab cluster-join --host tftp-4 --pki`: etcd gains a member on an
+    https peer URL with the host's own certificate, the site cluster a node, and the new node
+    serves what the cluster stores."""
+    site = tls_site
+    everyone = (*NODES, NEW_NODE)
+    issued = site.fab("certs", "--pki", str(site.pki), inventory=site.joined_inventory)
+    assert issued.returncode == 0, output(issued)
+    assert f"{NEW_NODE}: issued" in issued.stdout, issued.stdout
+    for node in NODES:
+        assert f"{node}: kept" in issued.stdout, issued.stdout
+
+    result = site.fab(
+        "cluster-join", "--host", NEW_NODE, "--pki", str(site.pki), inventory=site.joined_inventory
+    )
+    print(result.stdout)
+    assert result.returncode == 0, output(result)
+    assert f"{NEW_NODE}: installed 4 etcd TLS files" in result.stdout, result.stdout
+    assert f"{NEW_NODE}: added to etcd as a member" in result.stdout, result.stdout
+    assert f"{NEW_NODE}: member of cluster" in result.stdout, result.stdout
+
+    # The new member's etcd refuses plaintext and certificate-less clients like the others,
+    # answers its node certificate, and lists 4 members, all on https peer URLs.
+    seen = _etcd_probe(site, NEW_NODE)
+    assert "error" in seen["plain"] or seen["plain"]["status"] == 400, seen
+    assert "SSL" in seen["no_cert"].get("error", ""), seen
+    listed = json.loads(seen["members"]["body"]).get("members", [])
+    assert sorted(str(member.get("name")) for member in listed) == list(everyone), listed
+    (new,) = [member for member in listed if member.get("name") == NEW_NODE]
+    assert new["peerURLs"] == [f"https://{site.address(NEW_NODE)}:2380"], listed
+
+    views = wait_until(lambda: _cluster_views(site, everyone), _settled, SETTLE_TIMEOUT)
+    assert _settled(views), json.dumps(views, indent=2)
+    # A file stored through an old member reaches the new one (and every other).
+    _store_and_fetch_everywhere(site, "tftp-1", "cluster/after-join.bin", everyone)
