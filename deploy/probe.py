@@ -60,10 +60,14 @@ def _read(url: str, context: ssl.SSLContext | None, timeout: float = 3.0) -> tup
 
 
 def _get(
-    url: str, context: ssl.SSLContext | None = None, timeout: float = 3.0
+    url: str,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 3.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -150,6 +154,20 @@ def active_sessions(text: str) -> int:
     return int(total)
 
 
+def _bearer(config_path: str) -> dict[str, str]:
+    """The daemon's own `api.token` (admin) from its config on this host, as a header: with
+    TLS, the node's certificate passes the handshake but carries no role for the status.
+    Read here, as root, so the token never appears on a command line."""
+    if not config_path:
+        return {}
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            token = (json.load(handle).get("api") or {}).get("token")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"Authorization": f"Bearer {token}"} if isinstance(token, str) and token else {}
+
+
 def sessions(args: argparse.Namespace) -> int:
     try:
         context = tls_context(args)
@@ -160,7 +178,7 @@ def sessions(args: argparse.Namespace) -> int:
             return _emit(True, active_sessions=active_sessions(raw.decode(errors="replace")))
     except (OSError, ssl.SSLError, ValueError) as exc:
         return _emit(False, check="metrics", error=f"{type(exc).__name__}: {exc}")
-    status, body = _get(f"{args.api}/api/v1/status", context)
+    status, body = _get(f"{args.api}/api/v1/status", context, headers=_bearer(args.config))
     if status != 200:
         return _emit(False, check="status", status=status, body=body)
     return _emit(True, active_sessions=int(body.get("active_sessions", 0)))
@@ -188,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     sessions_cmd.add_argument("--api", required=True)
     sessions_cmd.add_argument(
         "--metrics", action="store_true", help="count from the Prometheus metrics"
+    )
+    sessions_cmd.add_argument(
+        "--config", default="", help="the daemon's config: its api.token authenticates"
     )
     for cmd in (gate_cmd, sessions_cmd):
         cmd.add_argument("--ca", default="", help="CA bundle that verifies an https --api")

@@ -317,8 +317,9 @@ def drain(c: Remote, site: Site, node: Node, state: HostState, log: Log) -> bool
         probe += f"--metrics --api {q(spot.local_url)}"
     else:
         # With TLS, /api/v1/status needs a role the node's certificate does not carry: the
-        # count fails and the daemon's own SIGTERM drain covers the transfers.
-        probe += f"--api {q(local_api_url(node.config))}"
+        # probe presents the daemon's api.token from the config (without one the count
+        # fails and the daemon's own SIGTERM drain covers the transfers).
+        probe += f"--api {q(local_api_url(node.config))} --config {q(paths.config)}"
     probe += "".join(f" {q(arg)}" for arg in local_tls_args(node.config, paths))
     deadline = time.monotonic() + node.config.tftp.drain_timeout
     while True:

@@ -23,6 +23,9 @@ from simple_tftpd.config import Config, parse_config
 from tests.support.daemon import Daemon, free_port
 from tests.support.pki import Issued, Pki
 
+# The api_only node's admin token, as a site's config carries one.
+NODE_TOKEN = "probe-node-admin-token-0123456789"
+
 
 @dataclass
 class Nodes:
@@ -47,6 +50,8 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Nodes]
             api: dict[str, object] = {}
             if metrics:
                 api["metrics_port"] = free_port(socket.SOCK_STREAM)
+            else:
+                api["token"] = NODE_TOKEN
             config = {"api": api, "security": {"tls": pki.tls_config(node_cert)}}
             daemon = Daemon(workdir, root, config, client_ssl=pki.client_context(node_cert))
             started.append(daemon.start())
@@ -111,10 +116,16 @@ def test_the_tls_api_lets_the_probes_in_with_the_nodes_certificate(
     status, detail = probe._get(f"{spot.local_url}/api/v1/ready", bare)
     assert status == 0 and "error" in detail
     assert not handoff._ready(spot.local_url, node.port, bare)
-    # Status needs a role, which a node certificate does not carry: the count fails (the
-    # drain then relies on the daemon's own SIGTERM drain), it does not hang.
+    # Status needs a role, which a node certificate does not carry: alone, the count fails
+    # (it does not hang) ...
     code, answer = run_probe(capsys, "sessions", "--api", spot.local_url, *tls)
     assert code == 1 and answer["status"] == 401
+    # ... so the deploy's drain passes the config, whose api.token (admin) the probe presents.
+    config_file = str(node.config_path)
+    code, answer = run_probe(
+        capsys, "sessions", "--api", spot.local_url, "--config", config_file, *tls
+    )
+    assert code == 0 and answer["active_sessions"] == 0, answer
 
 
 def test_a_probe_with_missing_tls_files_says_so(
