@@ -253,7 +253,7 @@ def test_blocks_are_cut_from_read_ahead_chunks() -> None:
 
 
 def test_window_resent_from_before_the_chunk_is_read_again() -> None:
-    blksize = 16384  # read-ahead chunks of one window (4 blocks)
+    blksize = READ_AHEAD_BYTES // 4  # read-ahead chunks of 4 blocks, as is the window
     data = random.Random(2).randbytes(blksize * 10)
     source = CountingSource(data)
     lim = Limits(max_blksize=blksize)
@@ -267,6 +267,22 @@ def test_window_resent_from_before_the_chunk_is_read_again() -> None:
         Data(n, data[(n - 1) * blksize : n * blksize]) for n in range(3, 7)
     ]
     assert [offset // blksize for offset, _ in source.reads] == [0, 4, 2]
+
+
+def test_a_large_window_is_read_in_bounded_chunks() -> None:
+    # What a transfer holds stays READ_AHEAD_BYTES however large the window it negotiated.
+    data = random.Random(3).randbytes(1468 * 200)
+    source = CountingSource(data)
+    lim = Limits(max_windowsize=64)
+    params, oack = negotiate(rrq({"blksize": "1468", "windowsize": "64"}), lim, len(data))
+    t = ReadTransfer(source, lim, params, oack)
+    t.start(0.0)
+    window = t.receive(Ack(0), 0.0)
+    assert len(window) == 64
+    assert [parse(d) for d in window] == [
+        Data(n, data[(n - 1) * 1468 : n * 1468]) for n in range(1, 65)
+    ]
+    assert all(length <= READ_AHEAD_BYTES for _, length in source.reads)
 
 
 def test_block_numbers_roll_over_to_zero() -> None:
