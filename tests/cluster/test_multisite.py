@@ -189,6 +189,28 @@ def test_leader_death_during_sync_resumes_without_gaps(world: World) -> None:
     assert world.converged()
 
 
+def test_a_blob_no_member_has_is_pulled_from_a_peer_site(world: World) -> None:
+    """The leader that pulled a blob from a peer site can die before any other member copied
+    it: the manifest then names a blob that no member serves. Here every node of site A loses
+    its blobs while stopped; started again, they pull them from site B."""
+    a, b = world.sites["a"], world.sites["b"]
+    data = os.urandom(7001)
+    assert b.upload(b.nodes[0], "peer/only-at-b.bin", data)[0] == 201
+    assert world.served_everywhere("peer/only-at-b.bin", data)
+    for node in a.nodes:
+        node.stop()
+    for node in a.nodes:
+        state = Path(node.config["clustering"]["state_dir"])
+        for blob in (state / "blobs").iterdir():
+            blob.unlink()
+        (state / "applied.json").unlink(missing_ok=True)
+        (node.root / "peer" / "only-at-b.bin").unlink()
+    for node in a.nodes:
+        node.start()
+    assert wait_for(lambda: all(a.fetch(n, "peer/only-at-b.bin") == data for n in a.nodes), 30)
+    assert world.converged()
+
+
 class FakePeer(BaseHTTPRequestHandler):
     """A peer site that lies: its blob does not match the digest it announced."""
 

@@ -23,6 +23,7 @@ import os
 import ssl
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,10 @@ class ClusterNode:
         self.pending: dict[str, Entry] = {}
         self.quorum = False
         self.recent_errors: deque[str] = deque(maxlen=20)
+        # Where a blob that no member serves is pulled from: the peer sites, when this site
+        # syncs with any (set by SiteSync). A blob the leader pulled from a peer site lives
+        # on that node alone until the others copy it; if it dies first, only there.
+        self.blob_fallback: Callable[[str], Awaitable[None]] | None = None
         self._lease: int | None = None  # lease id: valid on any endpoint, unlike lease objects
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
@@ -375,9 +380,7 @@ class ClusterNode:
             # member list: read it now rather than wait for the next periodic resync.
             await self._refresh_members()
             peers = [m for node, m in self.members.items() if node != self.node_id]
-        if not peers:
-            raise LookupError("no peer to fetch from")
-        last: Exception | None = None
+        last: Exception | None = LookupError("no other member")
         for peer in peers:
             url = f"{peer.get('scheme', 'http')}://{peer['api']}/api/v1/blobs/{digest}"
             writer = self.blobs.writer()
@@ -396,6 +399,12 @@ class ClusterNode:
                 writer.abort()
                 last = exc
                 log.info("blob %s from %s failed: %s", digest[:12], peer["node_id"], exc)
+        if self.blob_fallback is not None:
+            try:
+                await self.blob_fallback(digest)
+                return
+            except LookupError as exc:
+                last = exc
         raise LookupError(f"no peer served blob {digest[:12]}: {last}")
 
     def client_ssl(self) -> ssl.SSLContext | bool:

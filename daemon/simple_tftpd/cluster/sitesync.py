@@ -76,6 +76,7 @@ class SiteSync:
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._scheme = "https" if node.tls is not None else "http"
+        node.blob_fallback = self.fetch_blob_from_peer_sites
 
     def _position_key(self, site_id: str) -> bytes:
         return self.node.keys.prefix.encode() + b"sitesync/positions/" + site_id.encode()
@@ -260,6 +261,22 @@ class SiteSync:
             raise SyncRefused(f"{peer.site_id} sent a corrupt blob: {exc}") from None
         finally:
             writer.abort()  # no-op once finished
+
+    async def fetch_blob_from_peer_sites(self, digest: str) -> None:
+        """For any member: a blob that no member of this site serves, from the first peer
+        site that has it (verified like every pulled blob); LookupError if none does."""
+        if self._http is None or not self.peers:
+            raise LookupError("no peer site to fetch from")
+        problems = []
+        for peer in list(self.peers.values()):
+            try:
+                await self._fetch_blob(peer, digest)
+            except (SyncRefused, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problems.append(f"{peer.site_id}: {exc}")
+                continue
+            log.info("blob %s from peer site %s: no member had it", digest[:12], peer.site_id)
+            return
+        raise LookupError("no peer site served it: " + "; ".join(problems))
 
     def status(self) -> dict[str, Any]:
         return {
