@@ -118,6 +118,19 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], deadline: float) -> list[flo
     return ends
 
 
+# Each storm client's shell waits for one line on a shared pipe (fd N), then becomes atftp.
+_GATED = 'read _ <&{fd}; exec {fd}<&-; exec "$@"'
+# Bound on waiting for every gated client to sit in its read before the release.
+GATE_TIMEOUT = 30.0
+
+
+def _waiting_on_pipe(pid: int) -> bool:
+    try:
+        return "pipe" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
 def storm(
     port: int,
     remote: str,
@@ -128,19 +141,43 @@ def storm(
     windowsize: int | None = None,
     wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> tuple[list[Fetch], float]:
-    """`clients` atftp processes started back to back; their fetches and the total wall time
-    from the first start to the last finish. `wrap` rewrites each argv (to start the client
-    in a cgroup)."""
-    starts: list[float] = []
+    """`clients` atftp processes released at once, as machines powered on together; their
+    fetches (timed from the release) and the wall time from the release to the last finish.
+
+    Every client is started first, blocked reading a pipe, and all are released with one
+    write: started back to back instead, the clients' start times spread with how much CPU
+    the server left the harness (against tftpd-hpa's hundreds of processes, the 200th began
+    4-5 s after the first), which made per-transfer times incomparable. `wrap` rewrites
+    each argv (to start the client in a cgroup)."""
     procs: list[subprocess.Popen[bytes]] = []
+    gate_read, gate_write = os.pipe()
     try:
         for index in range(clients):
-            starts.append(time.monotonic())
             argv = atftp_argv(port, remote, outdir / f"storm-{index}", windowsize)
-            procs.append(_spawn(wrap(argv) if wrap else argv))
-        ends = _wait_all(procs, starts[0] + timeout)
+            gated = ["/bin/sh", "-c", _GATED.format(fd=gate_read), "sh", *argv]
+            procs.append(
+                subprocess.Popen(
+                    wrap(gated) if wrap else gated,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    pass_fds=(gate_read,),
+                )
+            )
+        os.close(gate_read)
+        gate_read = -1
+        deadline = time.monotonic() + GATE_TIMEOUT
+        while time.monotonic() < deadline and not all(_waiting_on_pipe(p.pid) for p in procs):
+            time.sleep(0.05)
+        released = time.monotonic()
+        os.write(gate_write, b"\n" * clients)
+        ends = _wait_all(procs, released + timeout)
     finally:
+        if gate_read >= 0:
+            os.close(gate_read)
+        os.close(gate_write)
         codes = [_reap(proc) for proc in procs]
+    starts = [released] * clients
     fetches = []
     for index, (start, end, code) in enumerate(zip(starts, ends, codes, strict=True)):
         ok = end is not None and code == 0

@@ -139,7 +139,11 @@ def servers_markdown(servers: list[str]) -> str:
 COLUMNS = """\
 - **MiB/s**: bytes verified by sha256 divided by wall time. Single-file scenarios time one
   `atftp` process from start to exit; the storms divide all verified bytes by the time from
-  the first client's start to the last client's exit (aggregate throughput).
+  the release of the clients to the last client's exit (aggregate throughput). Storm clients
+  are all started first, each blocked reading a pipe, then released together by one write,
+  like machines powered on at once (started back to back, their start times spread with the
+  CPU the server left the harness: the 200th began 4-5 s after the first against tftpd-hpa,
+  under 1 s against simple-tftpd; reports before 2026-11-27 started them that way).
 - **req/s**: verified 1 KiB downloads per second of wall time across all curl workers.
 - **vs tftpd-hpa, vs atftpd**: this server's median divided by the peer's median of the same
   run (above 1 is better for MiB/s and req/s).
@@ -154,8 +158,8 @@ COLUMNS = """\
   from a cgroup of their own. Clients share the cores with the server, so a server that
   makes its clients work harder per block (more cross-CPU wake-ups, colder caches) leaves
   less CPU for the transfers even at the same server CPU per block.
-- **p50/p99 s/transfer**: per-client time from process start to exit, successful transfers
-  only (nearest-rank percentiles).
+- **p50/p99 s/transfer**: per-client time from the release to its exit, successful
+  transfers only (nearest-rank percentiles).
 - **peak PSS MiB**: largest sum of `Pss` from /proc/PID/smaps_rollup over the server's
   process tree, sampled every ~100 ms during each storm (includes any content cache).
 - **failed**: transfers that failed, timed out or produced wrong bytes / transfers attempted,
