@@ -26,6 +26,7 @@ from deploy.release import Release
 from deploy.remote import Remote, q, sh
 from deploy.render import HostPaths, RenderedFile, etcd_uses_tls, render_host
 from deploy.rollout import (
+    ETCD_CLIENT_CONTEXT,
     ETCD_HEALTH,
     etcd_client_tls_args,
     install_tls,
@@ -39,15 +40,11 @@ Log = Callable[[str], None]
 # Seconds the new node gets, once its daemon passed the gate, to show up in the cluster.
 MEMBER_TIMEOUT = 60.0
 POLL_INTERVAL = 1.0
-# Lists etcd's members through its JSON gateway (the hosts carry python3, not etcdctl),
-# trying each endpoint (comma separated in argv[1]) until one answers.
-# With TLS, argv[2:5] are the CA, certificate and key to present (the member's own).
-ETCD_MEMBERS = """
-import json, ssl, sys, urllib.request
-context = None
-if len(sys.argv) > 2:
-    context = ssl.create_default_context(cafile=sys.argv[2])
-    context.load_cert_chain(sys.argv[3], sys.argv[4])
+# Lists etcd's members through its JSON gateway, trying each endpoint (comma separated in
+# argv[1]) until one answers; with TLS it presents the member's own certificate.
+ETCD_MEMBERS = (
+    ETCD_CLIENT_CONTEXT
+    + """
 problems = []
 for endpoint in [e for e in sys.argv[1].split(",") if e]:
     url = endpoint if "://" in endpoint else "http://" + endpoint
@@ -63,6 +60,7 @@ for endpoint in [e for e in sys.argv[1].split(",") if e]:
 print("; ".join(problems) or "no etcd endpoint configured", file=sys.stderr)
 sys.exit(1)
 """
+)
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,20 @@ from deploy.render import (
 Log = Callable[[str], None]
 HANDOFF = Path(__file__).with_name("handoff.py")
 INSTALL_TIMEOUT = 600
-# Polls an etcd member's /health for up to 90 s (the hosts have python3, not etcdctl). With
-# TLS: argv[2:5] are the member's CA, certificate and key (etcd wants a client certificate).
-ETCD_HEALTH = """
+# The start of the on-host scripts that talk to etcd (the hosts have python3, not etcdctl):
+# with TLS, argv[2:5] are the member's CA, certificate and key (etcd wants a client
+# certificate); `context` is None without.
+ETCD_CLIENT_CONTEXT = """
 import json, ssl, sys, time, urllib.request
 context = None
 if len(sys.argv) > 2:
     context = ssl.create_default_context(cafile=sys.argv[2])
     context.load_cert_chain(sys.argv[3], sys.argv[4])
+"""
+# Polls an etcd member's /health (argv[1]) for up to 90 s.
+ETCD_HEALTH = (
+    ETCD_CLIENT_CONTEXT
+    + """
 deadline = time.time() + 90
 while time.time() < deadline:
     try:
@@ -71,6 +77,7 @@ while time.time() < deadline:
     time.sleep(1)
 sys.exit(1)
 """
+)
 CANARY_SIZE = 70_001  # several blocks at any block size, and not a multiple of any
 
 
