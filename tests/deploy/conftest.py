@@ -144,6 +144,27 @@ def put_file(bed: Testbed, host: str, path: str, data: bytes) -> None:
         client.close()
 
 
+def ssh_settings(bed: Testbed) -> dict[str, str]:
+    """An inventory's `ssh` block for the testbed's hosts."""
+    return {"user": "root", "identity_file": str(bed.key), "known_hosts": str(bed.known_hosts)}
+
+
+def cluster_views(
+    read_status: Callable[[str], tuple[int, Any]], hosts: tuple[str, ...]
+) -> dict[str, Any]:
+    """Each host's /api/v1/cluster/status as `read_status(host)` gets it (status, body); an
+    error or a refusal in place of the view of a host that does not answer yet."""
+    views: dict[str, Any] = {}
+    for host in hosts:
+        try:
+            status, body = read_status(host)
+        except (OSError, ValueError) as exc:  # not answering yet: not settled
+            views[host] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        views[host] = body if status == 200 else {"status": status, "body": body}
+    return views
+
+
 def _site_document(bed: Testbed, nodes: tuple[str, ...], token: str) -> dict[str, Any]:
     hosts: list[dict[str, Any]] = [
         {"name": "lb-1", "address": bed.hosts["lb-1"].address, "roles": ["lb"]}
@@ -160,11 +181,7 @@ def _site_document(bed: Testbed, nodes: tuple[str, ...], token: str) -> dict[str
         hosts.append(host)
     return {
         "site": "e2e",
-        "ssh": {
-            "user": "root",
-            "identity_file": str(bed.key),
-            "known_hosts": str(bed.known_hosts),
-        },
+        "ssh": ssh_settings(bed),
         "config": {
             "tftp": {"root": "/srv/tftp", "single_port": True, "drain_timeout": 10},
             "performance": {"thread_pool": {"workers": 1}},

@@ -28,6 +28,7 @@ from tests.deploy.conftest import (
     NEW_NODE,
     NODES,
     E2ESite,
+    cluster_views,
     needs_testbed,
     output,
     wait_until,
@@ -50,15 +51,7 @@ def _files(site: E2ESite) -> dict[str, str]:
 
 
 def _cluster_views(site: E2ESite, hosts: tuple[str, ...]) -> dict[str, Any]:
-    views: dict[str, Any] = {}
-    for host in hosts:
-        try:
-            status, body = site.api(host, "GET", "/api/v1/cluster/status")
-        except (OSError, ValueError) as exc:  # not answering yet: not settled
-            views[host] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
-        views[host] = body if status == 200 else {"status": status, "body": body}
-    return views
+    return cluster_views(lambda host: site.api(host, "GET", "/api/v1/cluster/status"), hosts)
 
 
 def _settled(views: dict[str, Any]) -> bool:

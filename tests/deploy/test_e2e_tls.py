@@ -45,9 +45,11 @@ from tests.deploy.conftest import (
     BIG_FILE,
     NEW_NODE,
     HostsSite,
+    cluster_views,
     needs_testbed,
     output,
     put_file,
+    ssh_settings,
     wait_until,
 )
 from tests.deploy.load import FetchLoad, fetch_sha256
@@ -106,11 +108,7 @@ class TlsSite(HostsSite):
 def _site_document(bed: Testbed, token: str, nodes: tuple[str, ...] = NODES) -> dict[str, Any]:
     document: dict[str, Any] = {
         "site": SITE,
-        "ssh": {
-            "user": "root",
-            "identity_file": str(bed.key),
-            "known_hosts": str(bed.known_hosts),
-        },
+        "ssh": ssh_settings(bed),
         "config": {
             "tftp": {"root": "/srv/tftp", "single_port": True, "drain_timeout": 10},
             "performance": {"thread_pool": {"workers": 1}},
@@ -264,15 +262,7 @@ def _leader(view: dict[str, Any]) -> str | None:
 
 
 def _cluster_views(site: TlsSite, hosts: tuple[str, ...] = NODES) -> dict[str, Any]:
-    views: dict[str, Any] = {}
-    for host in hosts:
-        try:
-            status, body = _admin_json(site, host, "/api/v1/cluster/status")
-        except (OSError, ValueError) as exc:  # not answering yet: not settled
-            views[host] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
-        views[host] = body if status == 200 else {"status": status, "body": body}
-    return views
+    return cluster_views(lambda host: _admin_json(site, host, "/api/v1/cluster/status"), hosts)
 
 
 def _settled(views: dict[str, Any]) -> bool:
