@@ -305,9 +305,8 @@ class TftpServer:
             session = sessions.get(peer)
             if session is not None:
                 if size >= 2 and buffer[0] == 0 and buffer[1] in _REQUESTS:
-                    data = bytes(self._recv_view[:size])  # draining below reuses the buffer
                     if self._ended_by_new_request(session):
-                        self._on_new_datagram(sock, data, peer)
+                        self._on_new_datagram(sock, bytes(self._recv_view[:size]), peer)
                     # Otherwise a retried request while the transfer runs: its own timer
                     # resends, so a second transfer is never started.
                     continue
@@ -320,14 +319,11 @@ class TftpServer:
             self._on_new_datagram(sock, bytes(self._recv_view[:size]), peer)
 
     def _ended_by_new_request(self, session: Session) -> bool:
-        """A request from the peer of an open transfer: True if that transfer is now over."""
-        if session.own_socket:
-            # Its final ACK may still be queued on the transfer's own socket, behind this
-            # request on the listener (measured: curl asks again from the same port within
-            # a millisecond, and the request waited out a 3 s client retry).
-            self._on_session_readable(session)
-            if self.sessions.get(session.peer) is not session:
-                return True
+        """A request from the peer of an open transfer: True if that transfer is now over.
+
+        Not by reading the transfer's own socket first: a retried request queued on the
+        listener cannot be told from a new one that way (the final ACK may be queued on the
+        transfer's socket either way), and a retry must never start a second transfer."""
         transfer = session.transfer
         if type(transfer) is ReadTransfer and transfer.on_repeated_request():
             self._close(session)

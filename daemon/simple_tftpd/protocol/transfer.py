@@ -288,8 +288,8 @@ class ReadTransfer(Transfer):
         Before the client has answered, or before the last block went out, it is a retry
         (the OACK or a block was lost) and the timer resends. After both, the client has
         every block and has begun something new from the same port (curl reuses its port at
-        once), so its final ACK was lost: the transfer is over, and the new request must
-        not wait out its retries.
+        once), so its final ACK was lost or is still queued: the transfer is over, and the
+        new request must not wait out its retries.
         """
         if self.outcome is None and self.verified and self._sent == self.last_block:
             self._finish(Outcome.OK)
