@@ -32,6 +32,7 @@ from tftpbench.servers import SERVERS, LaunchContext, running
 from tftpbench.system import (
     SetupError,
     after_run_facts,
+    build_reference,
     compile_python_servers,
     cpu_busy_seconds,
     ensure_peer,
@@ -113,12 +114,17 @@ def log(message: str) -> None:
 def prepare_peers(
     plan: Plan, results: Results
 ) -> tuple[list[str], dict[str, Path], dict[str, str]]:
-    """Unpack the peers the plan needs; a peer that cannot be had is reported, not fatal."""
+    """Unpack the peers (and build the reference) the plan needs; one that cannot be had is
+    reported, not fatal."""
     servers, binaries, versions = [], {}, {}
     for name in plan.servers:
-        if SERVERS[name].peer:
+        spec = SERVERS[name]
+        if spec.peer or spec.compiled:
             try:
-                binaries[name], versions[name] = ensure_peer(name, CACHE)
+                if spec.compiled:
+                    binaries[name], versions[name] = build_reference(CACHE)
+                else:
+                    binaries[name], versions[name] = ensure_peer(name, CACHE)
             except (SetupError, OSError, subprocess.SubprocessError) as exc:
                 results.problems.append(f"{name}: not available: {exc}")
                 log(f"skipping {name}: {exc}")
@@ -186,7 +192,9 @@ def _scratch_base() -> str | None:
 def software(peer_versions: dict[str, str]) -> dict[str, str]:
     facts = {"simple-tftpd": tool_version([*simple_tftpd_command(), "--version"])}
     facts["simple-tftpd source"] = source_revision(REPO)
-    facts |= {name: f"{version} (Debian .deb)" for name, version in peer_versions.items()}
+    for name, version in peer_versions.items():
+        built = SERVERS[name].compiled
+        facts[name] = f"built with {version}" if built else f"{version} (Debian .deb)"
     facts["tftpy"] = metadata.version("tftpy")
     facts["atftp client"] = tool_version(["atftp", "--version"])
     # curl's first line goes on to list every library it links; name and version suffice.
@@ -236,6 +244,9 @@ def document(
         "The harness downloads the tftpd-hpa and atftpd .debs with `apt-get download` into",
         "`benchmarks/.cache` and runs them unpacked (no system service is installed); tftpy",
         "comes from the project's virtualenv. Clients are Debian's `atftp` and `curl`.",
+        "`epoll-reference` is built from `benchmarks/reference/epoll_server.c` with `cc` into",
+        "the same cache: a yardstick for the Python layer's cost, not a peer (see",
+        "[performance.md](performance.md)).",
         "",
         "## Servers",
         "",

@@ -37,8 +37,9 @@ class ServerSpec:
     windowsize: bool  # negotiates RFC 7440 windowsize; scenarios that need it skip it otherwise
     peer: bool  # unpacked from a Debian package by the harness
     about: str  # one line for the report
-    workers: int = 0  # simple-tftpd only: performance.thread_pool.workers
+    workers: int = 0  # simple-tftpd and the epoll reference: worker processes
     single_port: bool = False  # simple-tftpd only
+    compiled: bool = False  # built from benchmarks/reference by the harness
 
 
 def _simple(name: str, workers: int, single_port: bool = False) -> ServerSpec:
@@ -54,6 +55,7 @@ def _simple(name: str, workers: int, single_port: bool = False) -> ServerSpec:
 
 
 _CORES = os.cpu_count() or 1
+REFERENCE = "epoll-reference"
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
@@ -65,6 +67,17 @@ SERVERS: dict[str, ServerSpec] = {
         ),
         ServerSpec("atftpd", True, True, "atftpd `--daemon --no-fork --maxthread 300` (threads)"),
         ServerSpec("tftpy", False, False, "tftpy `TftpServer.listen` (pure Python, one thread)"),
+        ServerSpec(
+            REFERENCE,
+            windowsize=False,
+            peer=False,
+            about="not a TFTP server to use: simple-tftpd's architecture (forked epoll workers "
+            "on one SO_REUSEPORT port, a socket per transfer) in ~200 lines of C without timers, "
+            "windows, limits, metrics or logging; a floor for what that architecture costs "
+            f"(benchmarks/reference/epoll_server.c), {_CORES} workers",
+            workers=_CORES,
+            compiled=True,
+        ),
     )
 }
 
@@ -163,6 +176,8 @@ def server_argv(spec: ServerSpec, ctx: LaunchContext, port: int) -> list[str]:
             *quiet,
             str(ctx.root),
         ]
+    if spec.name == REFERENCE:
+        return [str(ctx.binaries[REFERENCE]), str(port), str(ctx.root), str(spec.workers)]
     if spec.name == "tftpy":
         return [sys.executable, "-c", _TFTPY_SERVER, str(ctx.root), HOST, str(port)]
     config = _simple_tftpd_config(spec, ctx, port)
@@ -235,7 +250,7 @@ def running(spec: ServerSpec, ctx: LaunchContext) -> Iterator[RunningServer]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ctx.workdir,
-                env=None if spec.peer else python_server_env(),
+                env=None if spec.peer or spec.compiled else python_server_env(),
                 start_new_session=True,
             )
         try:

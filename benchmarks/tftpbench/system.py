@@ -97,6 +97,22 @@ def ensure_peer(name: str, cache: Path) -> tuple[Path, str]:
     return binary, version
 
 
+REFERENCE_SOURCE = Path(__file__).resolve().parent.parent / "reference" / "epoll_server.c"
+
+
+def build_reference(cache: Path) -> tuple[Path, str]:
+    """Compile the epoll reference server (benchmarks/reference) into cache; (path, compiler)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SetupError("no C compiler for the epoll reference; install gcc (apt-get install gcc)")
+    cache.mkdir(parents=True, exist_ok=True)
+    binary = cache / "epoll-reference"
+    if not binary.exists() or binary.stat().st_mtime < REFERENCE_SOURCE.stat().st_mtime:
+        _run([compiler, "-O2", "-o", str(binary), str(REFERENCE_SOURCE)], timeout=QUICK_TIMEOUT)
+    version = _run([compiler, "--version"], timeout=QUICK_TIMEOUT).splitlines()[0]
+    return binary, version
+
+
 def require_clients() -> None:
     missing = [tool for tool in ("atftp", "curl") if shutil.which(tool) is None]
     if missing:

@@ -14,8 +14,13 @@ import pytest
 REPO = Path(__file__).parents[2]
 
 
-@pytest.mark.skipif(not shutil.which("atftp") or not shutil.which("curl"), reason="needs clients")
-def test_quick_run_reports_no_failures(tmp_path: Path) -> None:
+needs_clients = pytest.mark.skipif(
+    not shutil.which("atftp") or not shutil.which("curl"), reason="needs clients"
+)
+
+
+def quick_run(tmp_path: Path, server: str, scenarios: list[str]) -> list[str]:
+    """The failed/attempted cell of each scenario table for `server`, after a quick run."""
     out = tmp_path / "bench.md"
     result = subprocess.run(
         [
@@ -23,7 +28,9 @@ def test_quick_run_reports_no_failures(tmp_path: Path) -> None:
             "benchmarks/run.py",
             "--quick",
             "--servers",
-            "simple-tftpd",
+            server,
+            "--scenarios",
+            ",".join(scenarios),
             "--repeats",
             "1",
             "--out",
@@ -37,11 +44,26 @@ def test_quick_run_reports_no_failures(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = out.read_text()
-    for scenario in ("`big`", "`big-w16`", "`storm`", "`storm-w16`", "`small`"):
-        assert scenario in report
-    rows = [line for line in report.splitlines() if line.startswith("| simple-tftpd |")]
-    # Scenario tables end with a failed/attempted column: five of them, nothing failed.
+    for scenario in scenarios:
+        assert f"`{scenario}`" in report
+    rows = [line for line in report.splitlines() if line.startswith(f"| {server} |")]
+    # Scenario tables end with a failed/attempted column.
     failed = [row.rstrip(" |").rsplit("|", 1)[1].strip() for row in rows]
-    counts = [cell for cell in failed if "/" in cell]
-    assert len(counts) == 5, rows
-    assert all(cell.startswith("0/") for cell in counts), rows
+    return [cell for cell in failed if "/" in cell]
+
+
+@needs_clients
+def test_quick_run_reports_no_failures(tmp_path: Path) -> None:
+    counts = quick_run(tmp_path, "simple-tftpd", ["big", "big-w16", "storm", "storm-w16", "small"])
+    assert len(counts) == 5, counts
+    assert all(cell.startswith("0/") for cell in counts), counts
+
+
+@needs_clients
+@pytest.mark.skipif(not shutil.which("cc"), reason="the reference is built with cc")
+def test_epoll_reference_is_built_and_serves_verified_bytes(tmp_path: Path) -> None:
+    """The C reference is a yardstick in the report: it must really serve the files (the
+    harness checks every download's sha256), or the floor it shows would be fiction."""
+    counts = quick_run(tmp_path, "epoll-reference", ["big", "storm", "small"])
+    assert len(counts) == 3, counts
+    assert all(cell.startswith("0/") and not cell.endswith("/0") for cell in counts), counts
