@@ -231,6 +231,7 @@ class Daemon(ApiHost):
         }
 
     def render_metrics(self) -> bytes:
+        self.server.write_tally()
         self.metrics.cache_bytes.set(self.server.cache.current_bytes)
         return self.metrics.render()
 

@@ -27,6 +27,28 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 LabelledMetric = TypeVar("LabelledMetric", Counter, Gauge, Histogram)
 
 
+class Tally:
+    """Per-transfer counts added up in plain numbers and written to the metrics in batches.
+
+    With several workers every `inc` is a locked write to a memory-mapped file: about 1.5 us,
+    and a small-file transfer made seven of them (measured: 14 us of ~150 us server CPU per
+    request). The server writes the tally when it goes idle or a moment after the first
+    count, so a scrape is at most that moment behind.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[Any, float] = {}
+
+    def add(self, child: Any, amount: float = 1.0) -> None:
+        pending = self.pending
+        pending[child] = pending.get(child, 0.0) + amount
+
+    def flush(self) -> None:
+        for child, amount in self.pending.items():
+            child.inc(amount)
+        self.pending.clear()
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -32,7 +32,7 @@ from simple_tftpd.content.cache import ContentCache
 from simple_tftpd.content.generated import GenerateError, Machine, Rendered
 from simple_tftpd.content.resolve import ResolveError
 from simple_tftpd.content.store import ContentStore, Source
-from simple_tftpd.metrics import Metrics
+from simple_tftpd.metrics import Metrics, Tally
 from simple_tftpd.policy import AccessList, AclRule, RateLimiter, SessionLimiter
 from simple_tftpd.protocol.packets import (
     Error,
@@ -72,6 +72,8 @@ GSO_MAX_BYTES = 65000
 # ~1.5x the server CPU per block); with more, CPU is what limits and GSO wins (50 windowed
 # clients: ~1.7x the per-datagram aggregate).
 GSO_MIN_SESSIONS = 2
+# A busy worker writes its per-transfer counters this often (see metrics.Tally).
+TALLY_SECONDS = 0.5
 _ACK = 4
 _REQUESTS = (1, 2)  # RRQ, WRQ opcodes
 
@@ -126,6 +128,8 @@ class TftpServer:
         self._gso_limit = GSO_MAX_BYTES if sys.platform == "linux" else 0
         self._gso_ancillary: dict[int, list[tuple[int, int, bytes]]] = {}
         self._cache_bytes_reported = -1
+        self._tally = Tally()
+        self._tally_timer: asyncio.TimerHandle | None = None
         self.apply(config)
 
     # -- configuration --------------------------------------------------------------------
@@ -401,7 +405,7 @@ class TftpServer:
                 source, generated = opened.source, opened.generated
                 if generated is None:  # rendered files never go through the cache
                     hit = opened.cache_hit
-                    (self.metrics.cache_hits if hit else self.metrics.cache_misses).inc()
+                    self._count(self.metrics.cache_hits if hit else self.metrics.cache_misses)
                 params, oack = negotiate(request, self.limits, source.size)
                 transfer = ReadTransfer(source, self.limits, params, oack)
             else:
@@ -453,7 +457,12 @@ class TftpServer:
             self.loop.add_reader(sock.fileno(), self._on_session_readable, session)
         self.sessions[peer] = session
         self._idle.clear()
-        self.metrics.active_sessions.inc()
+        # The active-sessions gauge is written with the tally: at once when this worker
+        # leaves idle (a lone transfer shows immediately), else with the next batch.
+        if len(self.sessions) == 1:
+            self.write_tally()
+        else:
+            self._count(None)
         self._send(sock, transfer.start(now), peer)
         self._after_event(session)
 
@@ -532,18 +541,17 @@ class TftpServer:
         outcome = transfer.outcome.value if transfer.outcome else "unknown"
         direction = "write" if session.request.is_write else "read"
         duration = self.loop.time() - session.started
-        metrics = self.metrics
-        metrics.active_sessions.dec()
-        metrics.labelled(metrics.transfers, direction, outcome).inc()
+        metrics, count = self.metrics, self._count
+        count(metrics.labelled(metrics.transfers, direction, outcome))
         metrics.labelled(metrics.duration, direction).observe(duration)
         generated = session.generated
         kind = "file" if generated is None else "generated"
         if direction == "read":
-            metrics.bytes_sent.inc(transfer.bytes)
-            metrics.labelled(metrics.fetches, "tftp", kind, outcome).inc()
-            metrics.labelled(metrics.fetched_bytes, "tftp", kind).inc(transfer.bytes)
+            count(metrics.bytes_sent, transfer.bytes)
+            count(metrics.labelled(metrics.fetches, "tftp", kind, outcome))
+            count(metrics.labelled(metrics.fetched_bytes, "tftp", kind), transfer.bytes)
         else:
-            metrics.bytes_received.inc(transfer.bytes)
+            count(metrics.bytes_received, transfer.bytes)
         if self.cache.current_bytes != self._cache_bytes_reported:
             self._cache_bytes_reported = self.cache.current_bytes
             metrics.cache_bytes.set(self._cache_bytes_reported)
@@ -559,6 +567,23 @@ class TftpServer:
         )
         if not self.sessions:
             self._idle.set()
+            self.write_tally()
+
+    def _count(self, child: Any, amount: float = 1.0) -> None:
+        """Add to a per-transfer counter (None: only the session count changed); written
+        when this worker goes idle, or TALLY_SECONDS after the first count if it stays busy."""
+        if child is not None:
+            self._tally.add(child, amount)
+        if self._tally_timer is None:
+            self._tally_timer = self.loop.call_later(TALLY_SECONDS, self.write_tally)
+
+    def write_tally(self) -> None:
+        """Write the batched counts and the session count to the metrics."""
+        if self._tally_timer is not None:
+            self._tally_timer.cancel()
+            self._tally_timer = None
+        self._tally.flush()
+        self.metrics.active_sessions.set(len(self.sessions))
 
     def _log_transfer(
         self,
@@ -612,6 +637,7 @@ class TftpServer:
 
     def close(self) -> None:
         self.transfer_log.flush()
+        self.write_tally()
         if self._listener is not None:
             self.loop.remove_reader(self._listener.fileno())
             self._listener.close()
