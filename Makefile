@@ -3,9 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 # Real TFTP clients, etcd for the cluster tests, QEMU + iPXE for the firmware boot test,
-# debootstrap + systemd-nspawn for the test hosts, promtool (prometheus) for the alert rules.
+# debootstrap + systemd-nspawn for the test hosts, promtool (prometheus) for the alert rules,
+# gcc for the benchmark's C yardstick (benchmarks/reference).
 APT_PACKAGES := tftp-hpa atftp curl etcd-server qemu-system-x86 ipxe-qemu debootstrap \
-	systemd-container iproute2 prometheus
+	systemd-container iproute2 prometheus gcc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps run test lint unit interop bench clean
