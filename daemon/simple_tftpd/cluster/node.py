@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,7 @@ class ClusterNode:
         self.pending: dict[str, Entry] = {}
         self.quorum = False
         self.recent_errors: deque[str] = deque(maxlen=20)
+        self._event_sequence = itertools.count()
         # Where a blob that no member serves is pulled from: the peer sites, when this site
         # syncs with any (set by SiteSync). A blob the leader pulled from a peer site lives
         # on that node alone until the others copy it; if it dies first, only there.
@@ -230,13 +232,20 @@ class ClusterNode:
         for key, _ in events[:-MAX_EVENTS] if len(events) > MAX_EVENTS else []:
             await self.etcd.delete(key)
 
+    def _event_record(self, kind: str, detail: str) -> tuple[bytes, bytes]:
+        """An event's etcd key and value. Keys sort by time; the per-process sequence keeps
+        two events of one millisecond apart (site sync can apply entries that fast)."""
+        now = time.time()
+        sequence = next(self._event_sequence)
+        stamp = f"{int(now * 1000):015d}-{self.node_id}-{sequence:09d}"
+        record = {"ts": now, "node": self.node_id, "kind": kind, "detail": detail}
+        return self.keys.events + stamp.encode(), json.dumps(record).encode()
+
     async def event(self, kind: str, detail: str) -> None:
         """Record a cluster event (joins, leaves, elections, replication errors)."""
-        now = time.time()
-        key = self.keys.events + f"{int(now * 1000):015d}-{self.node_id}".encode()
-        record = {"ts": now, "node": self.node_id, "kind": kind, "detail": detail}
+        key, value = self._event_record(kind, detail)
         with contextlib.suppress(ClusterUnavailable):
-            await self.etcd.put_json(key, record)
+            await self.etcd.call(lambda c: c.put(key, value))
 
     async def events(self, limit: int) -> list[dict[str, Any]]:
         _, items = await self.etcd.get_prefix_json(self.keys.events)
@@ -428,10 +437,7 @@ class ClusterNode:
     async def commit(self, entry: Entry) -> int:
         """Record an entry in the manifest (one etcd transaction with its event)."""
         keys = self.keys
-        now = time.time()
-        event_key = keys.events + f"{int(now * 1000):015d}-{self.node_id}".encode()
-        kind = "deleted" if entry.deleted else "stored"
-        event = {"ts": now, "node": self.node_id, "kind": kind, "detail": entry.path}
+        event_key, event = self._event_record("deleted" if entry.deleted else "stored", entry.path)
         value = json.dumps(asdict(entry)).encode()
 
         async def txn(client: Any) -> Any:
@@ -439,7 +445,7 @@ class ClusterNode:
                 compare=[],
                 success=[
                     client.transactions.put(keys.entry(entry.path), value),
-                    client.transactions.put(event_key, json.dumps(event).encode()),
+                    client.transactions.put(event_key, event),
                 ],
                 failure=[],
             )
@@ -485,9 +491,11 @@ class ClusterNode:
             self.next_hlc(),
         )  # fmt: skip
 
-    async def commit_if_newer(self, entry: Entry) -> bool:
+    async def commit_if_newer(self, entry: Entry, event: tuple[str, str] | None = None) -> bool:
         """Apply a change from another site if it wins over ours (compare-and-swap, so a
-        concurrent local change is never overwritten by an older remote one)."""
+        concurrent local change is never overwritten by an older remote one). `event`
+        (kind, detail) is recorded in the same etcd transaction: a node that dies right
+        after the commit cannot leave a change without its event."""
         key = self.keys.entry(entry.path)
         value = json.dumps(asdict(entry)).encode()
         for _ in range(3):
@@ -496,7 +504,10 @@ class ClusterNode:
             if not entry.wins_over(existing):
                 return False
             expected = current.mod_revision if current is not None else None
-            swap = functools.partial(_compare_and_put, key=key, value=value, expected=expected)
+            also = [self._event_record(*event)] if event else []
+            swap = functools.partial(
+                _compare_and_put, key=key, value=value, expected=expected, also=also
+            )
             if await self.etcd.call(swap):
                 self.observe(entry)
                 self.manifest[entry.path] = entry
@@ -521,13 +532,19 @@ class ClusterNode:
         }
 
 
-async def _compare_and_put(client: Any, key: bytes, value: bytes, expected: int | None) -> bool:
-    """Put if the key is still at revision `expected` (None: still absent)."""
+async def _compare_and_put(
+    client: Any,
+    key: bytes,
+    value: bytes,
+    expected: int | None,
+    also: Sequence[tuple[bytes, bytes]] = (),
+) -> bool:
+    """Put if the key is still at revision `expected` (None: still absent), with the `also`
+    puts in the same transaction."""
     ops = client.transactions
     compare = ops.create(key) == 0 if expected is None else ops.mod(key) == expected
-    succeeded, _ = await client.transaction(
-        compare=[compare], success=[ops.put(key, value)], failure=[]
-    )
+    puts = [ops.put(key, value)] + [ops.put(k, v) for k, v in also]
+    succeeded, _ = await client.transaction(compare=[compare], success=puts, failure=[])
     return bool(succeeded)
 
 

@@ -235,11 +235,11 @@ class SiteSync:
             return
         if not entry.deleted and not node.blobs.has(entry.digest):
             await self._fetch_blob(peer, entry.digest)
-        if await node.commit_if_newer(entry):
+        kind = "sitesync_deleted" if entry.deleted else "sitesync_stored"
+        event = (kind, f"{entry.path} from {peer.site_id} (origin {entry.site})")
+        if await node.commit_if_newer(entry, event):
             peer.applied += 1
             peer.last_applied_at = time.time()
-            kind = "sitesync_deleted" if entry.deleted else "sitesync_stored"
-            await node.event(kind, f"{entry.path} from {peer.site_id} (origin {entry.site})")
         else:
             peer.skipped += 1
 
