@@ -10,7 +10,7 @@ from pathlib import Path
 
 from simple_tftpd.config import Config
 from simple_tftpd.metrics import Metrics
-from simple_tftpd.protocol.packets import encode_ack
+from simple_tftpd.protocol.packets import Opcode, Request, encode_ack, encode_request
 from simple_tftpd.server import TALLY_SECONDS, TftpServer
 
 OK = ("simple_tftpd_transfers_total", {"direction": "read", "outcome": "ok"})
@@ -23,7 +23,7 @@ def value(metrics: Metrics, sample: tuple[str, dict[str, str]]) -> float:
 
 
 def rrq(name: str) -> bytes:
-    return b"\x00\x01" + name.encode() + b"\x00octet\x00"
+    return encode_request(Request(Opcode.RRQ, name, "octet", {}))
 
 
 async def receive(sock: socket.socket) -> tuple[bytes, tuple[str, int]]:
