@@ -39,18 +39,23 @@ class ServerSpec:
     about: str  # one line for the report
     workers: int = 0  # simple-tftpd and the epoll reference: worker processes
     single_port: bool = False  # simple-tftpd only
+    fast_path: bool = True  # simple-tftpd only: `performance.fast_path`
     compiled: bool = False  # built from benchmarks/reference by the harness
 
 
-def _simple(name: str, workers: int, single_port: bool = False) -> ServerSpec:
+def _simple(
+    name: str, workers: int, single_port: bool = False, fast_path: bool = True
+) -> ServerSpec:
     mode = "single-port" if single_port else "standard (port per transfer)"
+    path = "" if fast_path else ", `performance.fast_path: false` (pure Python per block)"
     return ServerSpec(
         name=name,
         windowsize=True,
         peer=False,
-        about=f"simple-tftpd, {mode}, `performance.thread_pool.workers: {workers}`",
+        about=f"simple-tftpd, {mode}, `performance.thread_pool.workers: {workers}`{path}",
         workers=workers,
         single_port=single_port,
+        fast_path=fast_path,
     )
 
 
@@ -60,6 +65,7 @@ SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         _simple("simple-tftpd", workers=_CORES),
+        _simple("simple-tftpd-pure", workers=_CORES, fast_path=False),
         _simple("simple-tftpd-1w", workers=1),
         _simple("simple-tftpd-single-port", workers=_CORES, single_port=True),
         ServerSpec(
@@ -142,6 +148,7 @@ def _simple_tftpd_config(spec: ServerSpec, ctx: LaunchContext, port: int) -> Pat
         "performance": {
             "thread_pool": {"workers": spec.workers},
             "connection_pool": {"max_connections": 100_000},
+            "fast_path": spec.fast_path,
         },
     }
     path = ctx.workdir / f"{spec.name}-{port}.json"

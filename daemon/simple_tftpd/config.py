@@ -707,6 +707,9 @@ class PerformanceConfig(ConfigModel):
     connection_pool: ConnectionPoolConfig = ConnectionPoolConfig()
     thread_pool: ThreadPoolConfig = ThreadPoolConfig()
     cache: CacheConfig = CacheConfig()
+    # Lockstep read transfers' ACKs served by the compiled module (simple_tftpd._fastpath)
+    # where it is built; false serves everything on the pure-Python path.
+    fast_path: bool = True
 
 
 # --- netboot: generated per-machine files and HTTP boot -------------------------------------------

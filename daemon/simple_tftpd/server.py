@@ -24,14 +24,15 @@ import random
 import socket
 import struct
 import sys
+import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simple_tftpd.config import Config
 from simple_tftpd.content.cache import ContentCache
 from simple_tftpd.content.generated import GenerateError, Machine, Rendered
 from simple_tftpd.content.resolve import ResolveError
-from simple_tftpd.content.store import ContentStore, Source
+from simple_tftpd.content.store import BytesSource, ContentStore, FileSource, Source
 from simple_tftpd.metrics import Metrics, Tally
 from simple_tftpd.policy import AccessList, AclRule, RateLimiter, SessionLimiter
 from simple_tftpd.protocol.packets import (
@@ -51,6 +52,9 @@ from simple_tftpd.protocol.transfer import (
     negotiate,
 )
 from simple_tftpd.transfer_log import TransferLog
+
+if TYPE_CHECKING:
+    from simple_tftpd._fastpath import Listener, ReadPump
 
 log = logging.getLogger("simple_tftpd.server")
 
@@ -78,6 +82,17 @@ _ACK = 4
 _REQUESTS = (1, 2)  # RRQ, WRQ opcodes
 
 
+def _compiled_module() -> types.ModuleType | None:
+    try:
+        from simple_tftpd import _fastpath
+    except ImportError:  # not built (no C compiler at install time): Python serves everything
+        return None
+    return _fastpath
+
+
+FASTPATH = _compiled_module()
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     peer: Address
@@ -89,6 +104,9 @@ class Session:
     source: Source | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     generated: Rendered | None = None
+    # Serves the transfer's steady-state ACKs in C; the transfer's position is pulled from it
+    # before Python decides anything (_pull) and pushed back after (_push).
+    pump: ReadPump | None = field(default=None, repr=False)
 
 
 @functools.lru_cache(maxsize=8)
@@ -130,6 +148,9 @@ class TftpServer:
         self._cache_bytes_reported = -1
         self._tally = Tally()
         self._tally_timer: asyncio.TimerHandle | None = None
+        # Single-port mode on the compiled path: the listener's reader finds pumps here.
+        self._pumps: dict[Address, ReadPump] = {}
+        self._compiled_listener: Listener | None = None
         self.apply(config)
 
     # -- configuration --------------------------------------------------------------------
@@ -180,6 +201,9 @@ class TftpServer:
         self.session_limiter.reconfigure(max_sessions, per_client)
         self.transfer_log.json_lines = config.logging.format == "json"
         self.log_transfers = config.logging.transfer_log
+        self.fast_path = FASTPATH if config.performance.fast_path else None
+        if self._listener is not None:
+            self._read_listener()  # a reload may turn the compiled path on or off
 
     # -- sockets --------------------------------------------------------------------------
 
@@ -207,15 +231,45 @@ class TftpServer:
         # Bigger buffers absorb boot-storm bursts of requests and ACKs.
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self._listener.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-        self.loop.add_reader(self._listener.fileno(), self._on_listener_readable)
+        self._read_listener()
         self.metrics.up.set(1)
         log.info(
-            "serving %s on %s port %d (%s mode)",
+            "serving %s on %s port %d (%s mode, %s)",
             tftp.root,
             tftp.bind,
             self.port,
             "single-port" if tftp.single_port else "standard",
+            self.fast_path_state,
         )
+
+    @property
+    def fast_path_state(self) -> str:
+        if self.fast_path is not None:
+            return "compiled per-block path"
+        if FASTPATH is None:
+            return "pure-Python path: simple_tftpd._fastpath is not built"
+        return "pure-Python path: performance.fast_path is false"
+
+    def _read_listener(self) -> None:
+        # In single-port mode on the compiled path, a compiled reader serves transfers' ACKs
+        # from the listening socket and hands everything else to _on_listener_datagram.
+        sock = self._listener
+        assert sock is not None
+        self.loop.remove_reader(sock.fileno())
+        if self._compiled_listener is not None:
+            self._compiled_listener.close()
+            self._compiled_listener = None
+        if self.fast_path is not None and self.config.tftp.single_port:
+            self._compiled_listener = self.fast_path.Listener(
+                sock=sock.fileno(),
+                recv_buffer=self._recv_buffer,
+                pumps=self._pumps,
+                sessions=self.sessions,
+                fallback=self._on_listener_datagram,
+            )
+            self.loop.add_reader(sock.fileno(), self._compiled_listener)
+        else:
+            self.loop.add_reader(sock.fileno(), self._on_listener_readable)
 
     @property
     def port(self) -> int:
@@ -297,7 +351,7 @@ class TftpServer:
     def _on_listener_readable(self) -> None:
         sock = self._listener
         assert sock is not None
-        buffer, sessions = self._recv_buffer, self.sessions
+        buffer = self._recv_buffer
         for _ in range(RECV_BATCH):
             try:
                 size, peer = sock.recvfrom_into(buffer)
@@ -306,21 +360,35 @@ class TftpServer:
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("listener receive error: %s", exc)
                 continue
-            session = sessions.get(peer)
-            if session is not None:
-                if size >= 2 and buffer[0] == 0 and buffer[1] in _REQUESTS:
-                    if self._ended_by_new_request(session):
-                        self._on_new_datagram(sock, bytes(self._recv_view[:size]), peer)
-                    # Otherwise a retried request while the transfer runs: its own timer
-                    # resends, so a second transfer is never started.
-                    continue
-                if session.sock is not sock:
-                    continue  # standard mode: the transfer's traffic goes to its own port
-                answered = self._on_session_datagram(session, size)
-                if answered and len(sessions) == 1:
-                    return  # the only peer was just answered: nothing else can be queued
-                continue
+            if self._on_listener_datagram(size, peer):
+                return
+
+    def _on_listener_datagram(self, size: int, peer: Address) -> bool:
+        """A datagram on the listening socket, `size` bytes in the receive buffer.
+
+        True if there is no point reading on: the only peer was just answered."""
+        sock = self._listener
+        assert sock is not None
+        buffer, sessions = self._recv_buffer, self.sessions
+        session = sessions.get(peer)
+        if session is None:
             self._on_new_datagram(sock, bytes(self._recv_view[:size]), peer)
+            return False
+        if size >= 2 and buffer[0] == 0 and buffer[1] in _REQUESTS:
+            if self._ended_by_new_request(session):
+                self._on_new_datagram(sock, bytes(self._recv_view[:size]), peer)
+            # Otherwise a retried request while the transfer runs: its own timer resends,
+            # so a second transfer is never started.
+            return False
+        if session.sock is not sock:
+            return False  # standard mode: the transfer's traffic goes to its own port
+        if session.pump is None:
+            answered = self._on_session_datagram(session, size)
+        else:
+            self._pull(session)
+            answered = self._on_session_datagram(session, size)
+            self._push(session)
+        return answered and len(sessions) == 1
 
     def _ended_by_new_request(self, session: Session) -> bool:
         """A request from the peer of an open transfer: True if that transfer is now over.
@@ -328,6 +396,7 @@ class TftpServer:
         Not by reading the transfer's own socket first: a retried request queued on the
         listener cannot be told from a new one that way (the final ACK may be queued on the
         transfer's socket either way), and a retry must never start a second transfer."""
+        self._pull(session)
         transfer = session.transfer
         if type(transfer) is ReadTransfer and transfer.on_repeated_request():
             self._close(session)
@@ -346,14 +415,28 @@ class TftpServer:
                 log.debug("session receive error: %s", exc)
                 continue
             if peer != session.peer:
-                # A stranger on this transfer's port: tell it, leave the transfer alone.
-                if self._admit(_client_ip(peer)):
-                    self._send_error(sock, peer, ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
+                self._on_stranger(sock, peer)
                 continue
             if self._on_session_datagram(session, size):
                 # Answered (or ended): the peer's next packet cannot have arrived yet, and
                 # looking for it would cost a failed recvfrom. The loop calls back for it.
                 return
+
+    def _on_stranger(self, sock: socket.socket, peer: Address) -> None:
+        # A stranger on a transfer's port: tell it, leave the transfer alone.
+        if self._admit(_client_ip(peer)):
+            self._send_error(sock, peer, ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
+
+    def _on_pumped_datagram(self, session: Session, size: int, stranger: Address | None) -> bool:
+        """A datagram the session's ReadPump leaves to Python, `size` bytes in the receive
+        buffer (`stranger`: from another address). True if answered or the transfer ended."""
+        if stranger is not None:
+            self._on_stranger(session.sock, stranger)
+            return False
+        self._pull(session)
+        answered = self._on_session_datagram(session, size)
+        self._push(session)
+        return answered
 
     def _admit(self, ip: str) -> bool:
         """Per-client rate limit for anything that makes the daemon answer a stranger."""
@@ -453,8 +536,6 @@ class TftpServer:
                 self._send_error(listener, peer, ErrorCode.NOT_DEFINED, "Server busy, try later")
                 return
         session = Session(peer, sock, transfer, request, now, own, source, generated=generated)
-        if own:
-            self.loop.add_reader(sock.fileno(), self._on_session_readable, session)
         self.sessions[peer] = session
         self._idle.clear()
         # The active-sessions gauge is written with the tally: at once when this worker
@@ -464,7 +545,52 @@ class TftpServer:
         else:
             self._count(None)
         self._send(sock, transfer.start(now), peer)
+        session.pump = self._new_pump(session)
+        if own:
+            reader = session.pump or functools.partial(self._on_session_readable, session)
+            self.loop.add_reader(sock.fileno(), reader)
+        elif session.pump is not None:
+            self._pumps[peer] = session.pump
         self._after_event(session)
+
+    def _new_pump(self, session: Session) -> ReadPump | None:
+        """The compiled path for a lockstep read with blocks still to send, if built."""
+        transfer = session.transfer
+        if self.fast_path is None or type(transfer) is not ReadTransfer:
+            return None
+        acked, sent = transfer.position()
+        if transfer.params.windowsize != 1 or sent >= transfer.last_block:
+            return None
+        source, peer = transfer.source, session.peer
+        pump: ReadPump = self.fast_path.ReadPump(
+            sock=session.sock.fileno(),
+            family=session.sock.family,
+            host=peer[0],
+            port=peer[1],
+            flowinfo=peer[2] if len(peer) > 2 else 0,
+            scope_id=peer[3] if len(peer) > 3 else 0,
+            content=source.view if isinstance(source, BytesSource) else b"",
+            file=source.fd if isinstance(source, FileSource) else -1,
+            size=source.size,
+            blksize=transfer.params.blksize,
+            last_block=transfer.last_block,
+            acked=acked,
+            sent=sent,
+            recv_buffer=self._recv_buffer,
+            fallback=functools.partial(self._on_pumped_datagram, session),
+        )
+        return pump
+
+    def _pull(self, session: Session) -> None:
+        # The pump's position into the transfer, before the pure path decides anything.
+        pump = session.pump
+        if pump is not None and type(session.transfer) is ReadTransfer:
+            session.transfer.resume(pump.acked, pump.sent, pump.progressed_at)
+
+    def _push(self, session: Session) -> None:
+        pump = session.pump
+        if pump is not None and type(session.transfer) is ReadTransfer:
+            pump.acked, pump.sent = session.transfer.position()
 
     def _on_session_datagram(self, session: Session, size: int) -> bool:
         """One datagram from the session's peer, `size` bytes in the receive buffer.
@@ -514,6 +640,7 @@ class TftpServer:
         transfer = session.transfer
         if transfer.finished:
             return
+        self._pull(session)
         now = self.loop.time()
         if transfer.deadline is not None and transfer.deadline > now:
             session.timer = self.loop.call_at(transfer.deadline, self._on_timer, session)
@@ -523,6 +650,7 @@ class TftpServer:
         self.metrics.retransmits.inc(transfer.retransmits - before)
         if out:
             self._send(session.sock, out, session.peer)
+        self._push(session)
         self._after_event(session)
 
     def _close(self, session: Session) -> None:
@@ -534,6 +662,9 @@ class TftpServer:
         if session.own_socket:
             self.loop.remove_reader(session.sock.fileno())
             session.sock.close()
+        if session.pump is not None:
+            self._pumps.pop(session.peer, None)
+            session.pump.close()  # before the source's file is closed below
         if session.source is not None:
             session.source.close()
         self.session_limiter.release(_client_ip(session.peer))
@@ -632,12 +763,16 @@ class TftpServer:
         except TimeoutError:
             log.warning("drain timeout: cancelling %d transfer(s)", len(self.sessions))
         for session in list(self.sessions.values()):
+            self._pull(session)
             self._send(session.sock, session.transfer.cancel(), session.peer)
             self._close(session)
 
     def close(self) -> None:
         self.transfer_log.flush()
         self.write_tally()
+        if self._compiled_listener is not None:
+            self._compiled_listener.close()
+            self._compiled_listener = None
         if self._listener is not None:
             self.loop.remove_reader(self._listener.fileno())
             self._listener.close()

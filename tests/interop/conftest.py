@@ -38,18 +38,30 @@ def content_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["standard", "single-port"])
+# Each serving mode on the compiled per-block path (simple_tftpd._fastpath, which `make test`
+# builds) and on the pure-Python one (`performance.fast_path: false`).
+@pytest.fixture(
+    scope="module", params=["standard", "single-port", "standard-pure", "single-port-pure"]
+)
 def daemon(
     request: pytest.FixtureRequest, content_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daemon]:
-    single = request.param == "single-port"
+    mode = request.param.removesuffix("-pure")
     with Daemon(
         tmp_path_factory.mktemp("daemon"),
         content_root,
         {
-            "tftp": {"single_port": single, "write": {"enabled": True, "prefixes": ["uploads/"]}},
+            "tftp": {
+                "single_port": mode == "single-port",
+                "write": {"enabled": True, "prefixes": ["uploads/"]},
+            },
             # Two workers sharing the port, as on a production node.
-            "performance": {"thread_pool": {"workers": 2}},
+            "performance": {
+                "thread_pool": {"workers": 2},
+                "fast_path": not request.param.endswith("-pure"),
+            },
         },
     ) as running:
+        path = "pure-Python path" if request.param.endswith("-pure") else "compiled per-block path"
+        assert path in running.log(), running.log()
         yield running

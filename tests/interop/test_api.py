@@ -35,12 +35,14 @@ TOKEN = "api-token-never-shown-0123456789"
 NODE_ID = "api-test-node"
 TIMEOUT = 0.2  # tftp.timeout of the API daemon: abandoned transfers end quickly
 UNVERIFIED_RETRIES = 2  # resends to a peer that never answered (ddos_protection default)
+RETRIES = 3  # tftp.retries of the API daemon: resends to a peer that has answered
 
 FILES = {
     "fetched.bin": 3000,
     "cached.bin": 5000,
     "held.bin": 512 * 8 + 17,
     "abandoned.bin": 512 * 4,
+    "silent.bin": 512 * 8 + 17,
     "json.bin": 1500,
 }
 
@@ -69,7 +71,7 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory, api_root: Path) -> Iter
         api_root,
         {
             "node": {"node_id": NODE_ID},
-            "tftp": {"timeout": TIMEOUT, "retries": 3},
+            "tftp": {"timeout": TIMEOUT, "retries": RETRIES},
             "api": {"token": TOKEN},
         },
     ) as running:
@@ -293,6 +295,37 @@ def test_unacknowledged_data_is_retransmitted(api_daemon: Daemon) -> None:
     assert after[ACTIVE] == 0
     line = transfer_line(api_daemon, "abandoned.bin")
     assert "outcome=timeout" in line and f"retransmits={UNVERIFIED_RETRIES}" in line
+
+
+def test_a_client_silent_mid_transfer_gets_the_last_block_sent_again(
+    api_daemon: Daemon, api_root: Path
+) -> None:
+    """ACKs 1-3 are served by the compiled path; the retransmit timer, in Python, must resend
+    what it sent last (block 4), at the deadline of the last ACK, then give up."""
+    assert "compiled per-block path" in api_daemon.log()
+    expected = (api_root / "silent.bin").read_bytes()
+    before = api_daemon.metrics()
+    copies = 0
+    with Peer() as peer:
+        peer.send(rrq("silent.bin"), api_daemon.port)
+        packet, tid = next_data(peer, 1)
+        for block in (1, 2, 3):
+            peer.send(encode_ack(block), tid)
+            packet, _ = next_data(peer, block + 1)
+        assert packet.payload == expected[3 * 512 : 4 * 512]
+        deadline = time.monotonic() + 10 * TIMEOUT * (RETRIES + 1)
+        while time.monotonic() < deadline:
+            reply = peer.receive(timeout=4 * TIMEOUT)
+            if reply is None:
+                break
+            assert isinstance(reply[0], Data) and reply[0].block == 4
+            assert reply[0].payload == packet.payload
+            copies += 1
+    assert wait_for(lambda: delta(before, api_daemon.metrics(), TIMED_OUT) == 1, 5)
+    assert copies == RETRIES  # a peer that answered gets the full retries
+    line = transfer_line(api_daemon, "silent.bin")
+    assert "outcome=timeout" in line and f"retransmits={RETRIES}" in line
+    assert f"bytes={3 * 512} " in line
 
 
 # --- JSON transfer log -----------------------------------------------------------------------

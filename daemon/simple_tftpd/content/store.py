@@ -33,14 +33,14 @@ RESOLVE_CACHE_ENTRIES = 4096
 class BytesSource:
     """Content already in memory (cache hit, small file or netascii conversion)."""
 
-    __slots__ = ("_view", "size")
+    __slots__ = ("size", "view")
 
     def __init__(self, data: bytes) -> None:
-        self._view = memoryview(data)
+        self.view = memoryview(data)
         self.size = len(data)
 
     def read(self, offset: int, length: int) -> memoryview:
-        return self._view[offset : offset + length]
+        return self.view[offset : offset + length]
 
     def close(self) -> None:
         pass
@@ -50,19 +50,19 @@ class FileSource:
     """A large file read block by block with pread: no mmap, so a file truncated while
     being served cannot crash the daemon with SIGBUS; the client gets short blocks instead."""
 
-    __slots__ = ("_fd", "size")
+    __slots__ = ("fd", "size")
 
     def __init__(self, fd: int, size: int) -> None:
-        self._fd = fd
+        self.fd = fd
         self.size = size
 
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+        return os.pread(self.fd, length, offset)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 Source = BytesSource | FileSource

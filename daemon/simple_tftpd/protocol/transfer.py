@@ -315,6 +315,24 @@ class ReadTransfer(Transfer):
         self.deadline = now + self._timeout
         return self._send_window()
 
+    # A compiled I/O path (simple_tftpd._fastpath) may serve a lockstep transfer's ACKs by
+    # on_ack's rules and keep the position itself; these two hand it over and back.
+
+    def position(self) -> tuple[int, int]:
+        """(acked, sent): the highest block acknowledged (-1: not even the OACK) and sent."""
+        return self._acked, self._sent
+
+    def resume(self, acked: int, sent: int, progressed_at: float) -> None:
+        """Take a position reached elsewhere, its last ACK received at `progressed_at`."""
+        if self.outcome is not None or acked == self._acked:
+            return
+        if not (self._acked < acked < self.last_block and acked <= sent <= self.last_block):
+            raise ValueError(f"cannot resume at acked={acked} sent={sent} from {self.position()}")
+        self.verified = True
+        self._tries = 0
+        self._acked, self._sent = acked, sent
+        self.deadline = progressed_at + self._timeout
+
     def _finish(self, outcome: Outcome, error: str | None = None) -> None:
         # Counted once at the end instead of on every ACK: bytes the client acknowledged.
         self.bytes = min(max(self._acked, 0) * self.params.blksize, self.source.size)
