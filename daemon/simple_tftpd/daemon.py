@@ -34,7 +34,7 @@ from simple_tftpd.access import AccessPolicy
 from simple_tftpd.api import build_app, build_monitoring_app
 from simple_tftpd.config import Config, ConfigError, apply_overrides, load_config
 from simple_tftpd.metrics import Metrics, render_all_workers
-from simple_tftpd.server import TftpServer
+from simple_tftpd.server import FASTPATH, TftpServer
 from simple_tftpd.tls import TlsState, restart_only_changes
 
 if TYPE_CHECKING:
@@ -189,6 +189,10 @@ class ApiHost:
             "version": __version__,
             "node_id": self.config.node.node_id,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
+            # "pure" where the compiled module is not built or performance.fast_path is false
+            "per_block_path": (
+                "compiled" if FASTPATH is not None and self.config.performance.fast_path else "pure"
+            ),
             "config": self.config.summary(),
         }
 

@@ -427,6 +427,8 @@ def test_api_refuses_plaintext_old_tls_and_other_cas(tls_site: TlsSite) -> None:
         # The control: the site's admin certificate gets an answer, and an admin one.
         status, body = _admin_json(site, host, "/api/v1/status")
         assert status == 200, body
+        # The release's wheel carries the compiled per-block path, and it loads on the host.
+        assert body["per_block_path"] == "compiled", body
         admin_tls12 = _context(site, site.admin, ssl.TLSVersion.TLSv1_2)
         foreign = _context(site, (site.foreign_cert, site.foreign_key))
         refusals = {

@@ -175,6 +175,7 @@ def test_status_reports_the_node_without_secrets(api_daemon: Daemon, api_root: P
     assert body["active_sessions"] == 0
     assert body["draining"] is False
     assert body["tftp_port"] == api_daemon.port
+    assert body["per_block_path"] == "compiled"  # `make test` builds simple_tftpd._fastpath
     config = body["config"]
     assert config["node_id"] == NODE_ID
     assert config["tftp_port"] == api_daemon.port
