@@ -344,6 +344,9 @@ static ssize_t receive(int sock, Py_buffer *buffer, struct sockaddr_storage *fro
 /* The transfer's socket is readable: serve ACKs until one is answered or nothing is queued. */
 static PyObject *pump_call(ReadPump *self, PyObject *args, PyObject *kwargs)
 {
+    PyObject *result = NULL;
+    /* The fallback may drop the last other reference to this pump (closing the transfer). */
+    Py_INCREF((PyObject *)self);
     for (int i = 0; i < RECV_BATCH && self->fallback != NULL && self->sock >= 0; i++) {
         struct sockaddr_storage from;
         int again;
@@ -365,11 +368,15 @@ static PyObject *pump_call(ReadPump *self, PyObject *args, PyObject *kwargs)
             outcome = call_fallback(self, size, NULL);
         }
         if (outcome < 0)
-            return NULL;
+            goto done;
         if (outcome > 0)
             break;
     }
-    Py_RETURN_NONE;
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_DECREF((PyObject *)self);
+    return result;
 }
 
 static PyObject *pump_close(ReadPump *self, PyObject *unused)
@@ -514,6 +521,8 @@ static int listener_init(Listener *self, PyObject *args, PyObject *kwargs)
 static PyObject *listener_call(Listener *self, PyObject *args, PyObject *kwargs)
 {
     unsigned char *buffer = self->recv.buf;
+    PyObject *result = NULL;
+    Py_INCREF((PyObject *)self); /* as in pump_call */
     for (int i = 0; i < RECV_BATCH && self->fallback != NULL; i++) {
         struct sockaddr_storage from;
         int again;
@@ -525,12 +534,12 @@ static PyObject *listener_call(Listener *self, PyObject *args, PyObject *kwargs)
         }
         PyObject *peer = address_tuple(&from);
         if (peer == NULL)
-            return NULL;
+            goto done;
         if (size >= 4 && buffer[0] == 0 && buffer[1] == OP_ACK) {
             PyObject *pump = PyDict_GetItemWithError(self->pumps, peer); /* borrowed */
             if (pump == NULL && PyErr_Occurred()) {
                 Py_DECREF(peer);
-                return NULL;
+                goto done;
             }
             if (pump != NULL && Py_TYPE(pump) == (PyTypeObject *)pump_type) {
                 int served = pump_serve((ReadPump *)pump, buffer, size);
@@ -548,13 +557,17 @@ static PyObject *listener_call(Listener *self, PyObject *args, PyObject *kwargs)
         Py_DECREF(fallback);
         Py_DECREF(peer);
         if (stop == NULL)
-            return NULL;
+            goto done;
         int truth = PyObject_IsTrue(stop);
         Py_DECREF(stop);
         if (truth != 0)
             break;
     }
-    Py_RETURN_NONE;
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_DECREF((PyObject *)self);
+    return result;
 }
 
 static PyObject *listener_close(Listener *self, PyObject *unused)
