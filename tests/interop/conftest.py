@@ -18,6 +18,10 @@ FILES = {
     "empty.bin": 0,
     "multiple-512.bin": 512 * 4,
     "multiple-1468.bin": 1468 * 3,
+    # long enough for the compiled per-block path (server.PUMP_MIN_BLOCKS), ending on an
+    # empty block at 1468 and on a short one at 512
+    "pumped-1468.bin": 1468 * 24,
+    "pumped.bin": 512 * 40 + 77,
     # more than 65535 blocks of 512: the block number rolls over to 0
     "rollover.bin": 512 * 65536 + 300,
 }

@@ -42,7 +42,7 @@ FILES = {
     "cached.bin": 5000,
     "held.bin": 512 * 8 + 17,
     "abandoned.bin": 512 * 4,
-    "silent.bin": 512 * 8 + 17,
+    "silent.bin": 512 * 20 + 17,  # long enough for the compiled path (PUMP_MIN_BLOCKS)
     "json.bin": 1500,
 }
 
