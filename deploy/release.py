@@ -74,6 +74,37 @@ def wheel_version(wheel: Path) -> str:
     return parts[1]
 
 
+def check_wheel_target(wheel: Path, target: ReleaseTarget) -> None:
+    """Refuse a daemon wheel that pip on the hosts would not install. With its compiled
+    extension the daemon's wheel is tagged for the machine that built it (cp311-abi3-linux_x86_64
+    from `uv build` on the controller); a pure py3-none-any wheel installs anywhere."""
+    pythons, abis, platforms = (
+        part.split(".") for part in wheel.name.removesuffix(".whl").split("-")[-3:]
+    )
+    if not {"any", f"linux_{target.arch}", *platform_tags(target)} & set(platforms):
+        raise BuildError(
+            f"{wheel.name} is built for {'.'.join(platforms)}, which the hosts ({target.arch},"
+            f" glibc {target.glibc}: release.arch and release.glibc in the inventory) cannot"
+            f" install: build the wheel on an {target.arch} machine and pass it with --wheel,"
+            " or correct release.arch"
+        )
+    minor = int(target.python_version.split(".")[1])
+    accepted = {
+        f"cp3{minor}-cp3{minor}",
+        f"cp3{minor}-none",
+        "py3-none",
+        *(f"py3{older}-none" for older in range(minor + 1)),
+        *(f"cp3{older}-abi3" for older in range(2, minor + 1)),
+    }
+    if not accepted & {f"{python}-{abi}" for python in pythons for abi in abis}:
+        raise BuildError(
+            f"{wheel.name} does not install on the hosts' Python {target.python_version}"
+            " (release.python_version in the inventory): a cp3N-abi3 wheel needs Python >= 3.N,"
+            " a cp3N-cp3N wheel exactly 3.N. Correct release.python_version, or build the wheel"
+            " for the hosts' Python and pass it with --wheel (the daemon needs Python >= 3.11)"
+        )
+
+
 def build_wheel(project_root: Path, out_dir: Path) -> Path:
     # A fresh directory: a stale wheel of the same version must never be picked up instead.
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -188,6 +219,7 @@ def build_release(
     if not wheel.is_file():
         raise BuildError(f"{wheel}: no such wheel")
     version = wheel_version(wheel)
+    check_wheel_target(wheel, target)
     requirements = locked_requirements(project_root)
     deps = dependency_wheels(requirements, target, cache)
     identity = hashlib.sha256()

@@ -19,10 +19,11 @@ def build_variant(work: Path, suffix: str, *, broken: bool = False) -> Path:
     source.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PROJECT_ROOT / name, source / name)
+    # Not the editable install's build output (its in-place extension, its egg-info).
     shutil.copytree(
         PROJECT_ROOT / "daemon",
         source / "daemon",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.egg-info"),
     )
     pyproject = source / "pyproject.toml"
     text = pyproject.read_text()

@@ -10,7 +10,13 @@ import pytest
 
 from deploy import release as release_module
 from deploy.inventory import ReleaseTarget
-from deploy.release import BuildError, build_release, platform_tags, wheel_version
+from deploy.release import (
+    BuildError,
+    build_release,
+    check_wheel_target,
+    platform_tags,
+    wheel_version,
+)
 
 REQUIREMENTS = "click==8.1.7 \\\n    --hash=sha256:abc\n"
 
@@ -92,3 +98,64 @@ def test_only_the_newest_archives_are_kept(offline: Path) -> None:
     archives = list((offline / "work/releases").glob("*.tar"))
     assert len(archives) == release_module.KEEP_ARCHIVES
     assert latest.archive in archives
+
+
+ABI3_X86 = "simple_tftpd-0.2.0-cp311-abi3-linux_x86_64.whl"
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        (
+            "simple_tftpd-0.2.0-py3-none-any.whl",
+            ReleaseTarget(python_version="3.9", arch="aarch64"),
+        ),
+        (ABI3_X86, ReleaseTarget()),
+        (ABI3_X86, ReleaseTarget(python_version="3.13")),
+        ("simple_tftpd-0.2.0-cp311-abi3-linux_aarch64.whl", ReleaseTarget(arch="aarch64")),
+        (
+            "simple_tftpd-0.2.0-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            ReleaseTarget(python_version="3.12"),
+        ),
+    ],
+)
+def test_wheels_the_hosts_install(name: str, target: ReleaseTarget) -> None:
+    check_wheel_target(Path(name), target)
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "problem"),
+    [
+        (
+            ABI3_X86,
+            ReleaseTarget(arch="aarch64"),
+            "built for linux_x86_64, which the hosts \\(aarch64",
+        ),
+        (
+            "simple_tftpd-0.2.0-cp311-abi3-manylinux_2_39_x86_64.whl",
+            ReleaseTarget(glibc="2.36"),
+            "built for manylinux_2_39_x86_64, which the hosts \\(x86_64, glibc 2.36",
+        ),
+        (
+            ABI3_X86,
+            ReleaseTarget(python_version="3.10"),
+            "does not install on the hosts' Python 3.10",
+        ),
+        (
+            "simple_tftpd-0.2.0-cp312-cp312-linux_x86_64.whl",
+            ReleaseTarget(python_version="3.11"),
+            "does not install on the hosts' Python 3.11",
+        ),
+    ],
+)
+def test_wheels_the_hosts_cannot_install(name: str, target: ReleaseTarget, problem: str) -> None:
+    with pytest.raises(BuildError, match=problem):
+        check_wheel_target(Path(name), target)
+
+
+def test_release_for_hosts_of_another_arch_is_refused_before_packing(offline: Path) -> None:
+    wheel = offline / ABI3_X86
+    wheel.write_bytes(b"compiled wheel")
+    with pytest.raises(BuildError, match="build the wheel on an aarch64 machine"):
+        build_release(offline / "work", ReleaseTarget(arch="aarch64"), wheel=wheel)
+    assert not (offline / "work/releases").exists()
