@@ -26,6 +26,8 @@ PROBE = Path(__file__).with_name("probe.py")
 BUILD_TIMEOUT = 600
 # Release archives kept on the controller (each holds the whole wheelhouse, tens of MB).
 KEEP_ARCHIVES = 5
+# The wheel's file times unless SOURCE_DATE_EPOCH is set (hatchling's fixed default).
+REPRODUCIBLE_WHEEL_EPOCH = "1580601600"
 WHEELHOUSE_CACHE = Path(
     os.environ.get("SIMPLE_TFTPD_WHEELHOUSE_CACHE", Path.home() / ".cache/simple-tftpd/wheelhouse")
 )
@@ -51,10 +53,18 @@ class Release:
     sha256: str
 
 
-def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+def _run(
+    argv: list[str], what: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> str:
     try:
         done = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
+            argv,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
         )
     except FileNotFoundError:
         raise BuildError(f"{what}: {argv[0]} is not installed on the controller") from None
@@ -112,6 +122,9 @@ def build_wheel(project_root: Path, out_dir: Path) -> Path:
     _run(
         [uv(), "build", "--wheel", "--out-dir", str(out_dir), str(project_root)],
         "building the daemon wheel (uv build)",
+        # The same tree gives the same wheel, and so the same release id: a second deploy of
+        # it changes nothing. setuptools stamps each file's build time into the wheel otherwise.
+        env={"SOURCE_DATE_EPOCH": REPRODUCIBLE_WHEEL_EPOCH, **os.environ},
     )
     built = sorted(out_dir.glob("simple_tftpd-*.whl"))
     if len(built) != 1:

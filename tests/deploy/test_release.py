@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+from deploy import PROJECT_ROOT
 from deploy import release as release_module
 from deploy.inventory import ReleaseTarget
 from deploy.release import (
@@ -159,3 +161,13 @@ def test_release_for_hosts_of_another_arch_is_refused_before_packing(offline: Pa
     with pytest.raises(BuildError, match="build the wheel on an aarch64 machine"):
         build_release(offline / "work", ReleaseTarget(arch="aarch64"), wheel=wheel)
     assert not (offline / "work/releases").exists()
+
+
+def test_the_same_tree_builds_the_same_wheel(tmp_path: Path) -> None:
+    """setuptools stamps build times into the wheel: only a fixed SOURCE_DATE_EPOCH keeps the
+    release id, and so a second deploy of an unchanged tree, the same."""
+    first = release_module.build_wheel(PROJECT_ROOT, tmp_path / "first")
+    time.sleep(2)  # zip times have a 2 s resolution
+    second = release_module.build_wheel(PROJECT_ROOT, tmp_path / "second")
+    assert first.name == second.name
+    assert first.read_bytes() == second.read_bytes()
