@@ -38,7 +38,7 @@ lint: setup
 unit: setup
 	$(UV) run pytest tests/unit -q
 
-interop: setup system-deps
+interop: system-deps setup
 	$(UV) run pytest tests/interop -q
 
 # Azurite (Azure Blob emulator) for tests/backup, from npm into tests/.npm (git-ignored).
@@ -55,17 +55,18 @@ $(AZURITE):
 .PHONY: test-npm-deps
 test-npm-deps: $(AZURITE)
 
-test: setup system-deps test-npm-deps lint
+# system-deps before setup: gcc must be there when setup builds the compiled fast path.
+test: system-deps setup test-npm-deps lint
 	$(UV) run pytest -q
 
 # Side-by-side benchmark against tftpd-hpa, atftpd and tftpy (peers fetched by the harness);
 # rewrites docs/benchmarks.md (`make bench ARGS=--quick`: a small run into benchmarks/results/).
-bench: setup system-deps
+bench: system-deps setup
 	$(UV) run python benchmarks/run.py $(ARGS)
 
 # Seconds-long run of the harness itself against simple-tftpd only (no peers, no apt).
 .PHONY: bench-smoke
-bench-smoke: setup system-deps
+bench-smoke: system-deps setup
 	$(UV) run python benchmarks/run.py --quick --servers simple-tftpd --repeats 1 --out /tmp/simple-tftpd-bench-smoke.md
 
 clean:
@@ -76,7 +77,7 @@ clean:
 # root; the hosts' Debian root is built once and cached in /var/cache/simple-tftpd-testbed).
 # `make test` runs it too. `make testbed-clean` removes what a killed run left behind.
 .PHONY: e2e testbed-clean
-e2e: setup system-deps
+e2e: system-deps setup
 	$(UV) run pytest tests/deploy -q -m e2e
 
 testbed-clean: setup
