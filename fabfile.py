@@ -30,7 +30,7 @@ from deploy import PROJECT_ROOT, DeployError
 from deploy import certs as site_certs
 from deploy import cluster as cluster_commands
 from deploy.inventory import Node, Site, load_inventory
-from deploy.release import build_release
+from deploy.release import Release, build_release
 from deploy.remote import close_all, connect, sh
 from deploy.render import render_host, render_site
 from deploy.rollout import deploy_site, rollback_site
@@ -80,6 +80,15 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _warn_if_pure(release: Release) -> None:
+    if not release.compiled:
+        _log(
+            f"warning: {release.wheel} has no compiled per-block path (simple_tftpd._fastpath:"
+            " no C compiler where it was built?); the nodes will serve on the pure-Python path."
+            " Install gcc and rebuild, or pass a wheel that has it with --wheel"
+        )
+
+
 @task(help={"inventory": INVENTORY_HELP, "out": "output directory"})
 @_operator_errors
 def render(c: Context, inventory: str | None = None, out: str = "build/rendered") -> None:
@@ -118,6 +127,7 @@ def deploy(
     tls = site_certs.site_files(site, Path(pki) if pki else None)
     release = build_release(WORK_DIR, site.settings.release, wheel=Path(wheel) if wheel else None)
     _log(f"release {release.release_id} ({release.archive.stat().st_size >> 20} MiB)")
+    _warn_if_pure(release)
     connections = _connections(c, site.select(None))
     try:
         outcome = deploy_site(site, connections, release, files, _log, only=_names(only), tls=tls)
@@ -229,6 +239,7 @@ def cluster_join(
     tls = site_certs.site_files(site, Path(pki) if pki else None).get(new.name, [])
     release = build_release(WORK_DIR, site.settings.release, wheel=Path(wheel) if wheel else None)
     _log(f"release {release.release_id}")
+    _warn_if_pure(release)
     # Fabric connects on first use: only the hosts the join talks to are reached.
     involved = {node.name for node in [new, *others, *site.etcd_nodes]}
     connections = _connections(c, [node for node in site.nodes if node.name in involved])

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class Release:
     wheel: str
     archive: Path
     sha256: str
+    # The wheel carries the compiled per-block path (simple_tftpd._fastpath); without it the
+    # nodes serve everything on the pure-Python path.
+    compiled: bool = False
 
 
 def _run(
@@ -112,6 +116,17 @@ def check_wheel_target(wheel: Path, target: ReleaseTarget) -> None:
             " (release.python_version in the inventory): a cp3N-abi3 wheel needs Python >= 3.N,"
             " a cp3N-cp3N wheel exactly 3.N. Correct release.python_version, or build the wheel"
             " for the hosts' Python and pass it with --wheel (the daemon needs Python >= 3.11)"
+        )
+
+
+def has_compiled_fast_path(wheel: Path) -> bool:
+    """Whether the wheel holds the extension (a build without a C compiler goes on without)."""
+    if not zipfile.is_zipfile(wheel):
+        return False
+    with zipfile.ZipFile(wheel) as archive:
+        return any(
+            name.startswith("simple_tftpd/_fastpath.") and name.endswith(".so")
+            for name in archive.namelist()
         )
 
 
@@ -264,7 +279,9 @@ def build_release(
     older = sorted(archive.parent.glob("simple-tftpd-*.tar"), key=lambda p: p.stat().st_mtime)
     for stale in older[:-KEEP_ARCHIVES]:
         stale.unlink()
-    return Release(release_id, version, wheel.name, archive, _sha256(archive))
+    return Release(
+        release_id, version, wheel.name, archive, _sha256(archive), has_compiled_fast_path(wheel)
+    )
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

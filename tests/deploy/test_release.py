@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from deploy.release import (
     BuildError,
     build_release,
     check_wheel_target,
+    has_compiled_fast_path,
     platform_tags,
     wheel_version,
 )
@@ -171,3 +173,20 @@ def test_the_same_tree_builds_the_same_wheel(tmp_path: Path) -> None:
     second = release_module.build_wheel(PROJECT_ROOT, tmp_path / "second")
     assert first.name == second.name
     assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_release_says_whether_the_wheel_has_the_compiled_path(
+    offline: Path, compiled: bool
+) -> None:
+    wheel = offline / ABI3_X86
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("simple_tftpd/server.py", "")
+        if compiled:
+            archive.writestr("simple_tftpd/_fastpath.abi3.so", b"\x7fELF")
+    assert build_release(offline / "work", ReleaseTarget(), wheel=wheel).compiled is compiled
+
+
+def test_the_wheel_built_from_the_tree_has_the_compiled_path(tmp_path: Path) -> None:
+    # `make test` installs gcc before anything is built.
+    assert has_compiled_fast_path(release_module.build_wheel(PROJECT_ROOT, tmp_path / "dist"))
