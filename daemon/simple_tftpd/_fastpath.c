@@ -50,11 +50,10 @@ typedef struct {
     Py_buffer recv; /* the server's receive buffer: the fallback reads datagrams there */
     long long size, blksize, last_block;
     long long acked, sent;
-    unsigned long long progress; /* ACKs that moved the transfer on */
-    double progressed_at;        /* CLOCK_MONOTONIC seconds of the last one */
+    double progressed_at; /* CLOCK_MONOTONIC seconds of the last ACK that moved the transfer on */
     struct sockaddr_storage peer;
     socklen_t peer_len;
-    PyObject *fallback; /* fallback(size, stranger) -> bool; None once closed */
+    PyObject *fallback; /* fallback(size, stranger) -> bool; NULL once closed */
     unsigned char *chunk;
     long long chunk_blocks, chunk_first, chunk_end, chunk_len;
 } ReadPump;
@@ -285,6 +284,19 @@ static double monotonic_now(void)
 }
 
 /* Hand one datagram (in the receive buffer) to Python: 1 = stop reading, 0 = go on, -1 = error. */
+/* fallback(size, address): 1 if it says stop reading, 0 if not, -1 if it raised. */
+static int ask_python(PyObject *fallback, ssize_t size, PyObject *address)
+{
+    Py_INCREF(fallback); /* the call may drop its owner's reference */
+    PyObject *stop = PyObject_CallFunction(fallback, "nO", (Py_ssize_t)size, address);
+    Py_DECREF(fallback);
+    if (stop == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(stop);
+    Py_DECREF(stop);
+    return truth;
+}
+
 static int call_fallback(ReadPump *self, ssize_t size, const struct sockaddr_storage *from)
 {
     PyObject *stranger;
@@ -294,17 +306,12 @@ static int call_fallback(ReadPump *self, ssize_t size, const struct sockaddr_sto
     } else if ((stranger = address_tuple(from)) == NULL) {
         return -1;
     }
-    PyObject *fallback = self->fallback;
-    Py_INCREF(fallback);
-    PyObject *answered = PyObject_CallFunction(fallback, "nO", (Py_ssize_t)size, stranger);
-    Py_DECREF(fallback);
+    int stop = ask_python(self->fallback, size, stranger);
     Py_DECREF(stranger);
-    if (answered == NULL)
+    if (stop < 0)
         return -1;
-    int stop = PyObject_IsTrue(answered);
-    Py_DECREF(answered);
     /* The fallback may have closed the transfer: then nothing more is read here. */
-    return stop != 0 || self->fallback == NULL || self->sock < 0 ? 1 : 0;
+    return stop || self->fallback == NULL || self->sock < 0 ? 1 : 0;
 }
 
 enum { PYTHONS = -1, IGNORED = 0, ANSWERED = 1 };
@@ -325,7 +332,6 @@ static int pump_serve(ReadPump *self, const unsigned char *datagram, ssize_t siz
         return PYTHONS;
     self->acked = block;
     self->sent = block + 1;
-    self->progress++;
     self->progressed_at = monotonic_now();
     send_block(self, block + 1, payload, length);
     return ANSWERED;
@@ -400,10 +406,8 @@ static PyMethodDef pump_methods[] = {
 static PyMemberDef pump_members[] = {
     {"acked", T_LONGLONG, offsetof(ReadPump, acked), 0, "highest block acknowledged (unwrapped)"},
     {"sent", T_LONGLONG, offsetof(ReadPump, sent), 0, "highest block sent (unwrapped)"},
-    {"progress", T_ULONGLONG, offsetof(ReadPump, progress), READONLY,
-     "ACKs served that moved the transfer on"},
     {"progressed_at", T_DOUBLE, offsetof(ReadPump, progressed_at), READONLY,
-     "CLOCK_MONOTONIC time of the last of them"},
+     "CLOCK_MONOTONIC time of the last ACK that moved the transfer on"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -551,16 +555,11 @@ static PyObject *listener_call(Listener *self, PyObject *args, PyObject *kwargs)
                 }
             }
         }
-        PyObject *fallback = self->fallback;
-        Py_INCREF(fallback);
-        PyObject *stop = PyObject_CallFunction(fallback, "nO", (Py_ssize_t)size, peer);
-        Py_DECREF(fallback);
+        int stop = ask_python(self->fallback, size, peer);
         Py_DECREF(peer);
-        if (stop == NULL)
+        if (stop < 0)
             goto done;
-        int truth = PyObject_IsTrue(stop);
-        Py_DECREF(stop);
-        if (truth != 0)
+        if (stop)
             break;
     }
     result = Py_None;

@@ -276,22 +276,28 @@ def test_active_sessions_follow_a_held_transfer(api_daemon: Daemon, api_root: Pa
     assert api_daemon.get_json("/api/v1/status")[1]["active_sessions"] == 0
 
 
+def data_until_silence(peer: Peer, retries: int) -> list[Data]:
+    """Every DATA the daemon sends until it falls silent (it gives up after `retries`)."""
+    received = []
+    deadline = time.monotonic() + 10 * TIMEOUT * (retries + 1)
+    while time.monotonic() < deadline:
+        reply = peer.receive(timeout=4 * TIMEOUT)
+        if reply is None:
+            break
+        assert isinstance(reply[0], Data), reply
+        received.append(reply[0])
+    return received
+
+
 def test_unacknowledged_data_is_retransmitted(api_daemon: Daemon) -> None:
     before = api_daemon.metrics()
-    copies = 0
     with Peer() as peer:
         peer.send(rrq("abandoned.bin"), api_daemon.port)
         # Never ACK: the daemon resends block 1 on each timeout, then gives up.
-        deadline = time.monotonic() + 10 * TIMEOUT * (UNVERIFIED_RETRIES + 1)
-        while time.monotonic() < deadline:
-            reply = peer.receive(timeout=4 * TIMEOUT)
-            if reply is None:
-                break
-            assert isinstance(reply[0], Data) and reply[0].block == 1
-            copies += 1
+        copies = data_until_silence(peer, UNVERIFIED_RETRIES)
     assert wait_for(lambda: delta(before, api_daemon.metrics(), TIMED_OUT) == 1, 5)
     after = api_daemon.metrics()
-    assert copies == 1 + UNVERIFIED_RETRIES
+    assert [copy.block for copy in copies] == [1] * (1 + UNVERIFIED_RETRIES)
     assert delta(before, after, RETRANSMITS) == UNVERIFIED_RETRIES
     assert after[ACTIVE] == 0
     line = transfer_line(api_daemon, "abandoned.bin")
@@ -306,7 +312,6 @@ def test_a_client_silent_mid_transfer_gets_the_last_block_sent_again(
     assert "compiled per-block path" in api_daemon.log()
     expected = (api_root / "silent.bin").read_bytes()
     before = api_daemon.metrics()
-    copies = 0
     with Peer() as peer:
         peer.send(rrq("silent.bin"), api_daemon.port)
         packet, tid = next_data(peer, 1)
@@ -314,16 +319,10 @@ def test_a_client_silent_mid_transfer_gets_the_last_block_sent_again(
             peer.send(encode_ack(block), tid)
             packet, _ = next_data(peer, block + 1)
         assert packet.payload == expected[3 * 512 : 4 * 512]
-        deadline = time.monotonic() + 10 * TIMEOUT * (RETRIES + 1)
-        while time.monotonic() < deadline:
-            reply = peer.receive(timeout=4 * TIMEOUT)
-            if reply is None:
-                break
-            assert isinstance(reply[0], Data) and reply[0].block == 4
-            assert reply[0].payload == packet.payload
-            copies += 1
+        copies = data_until_silence(peer, RETRIES)
     assert wait_for(lambda: delta(before, api_daemon.metrics(), TIMED_OUT) == 1, 5)
-    assert copies == RETRIES  # a peer that answered gets the full retries
+    assert {(copy.block, copy.payload) for copy in copies} == {(4, packet.payload)}
+    assert len(copies) == RETRIES  # a peer that answered gets the full retries
     line = transfer_line(api_daemon, "silent.bin")
     assert "outcome=timeout" in line and f"retransmits={RETRIES}" in line
     assert f"bytes={3 * 512} " in line

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,26 +41,35 @@ class Rig:
         self.fallbacks.append((bytes(self.recv_buffer[:size]), stranger))
         return self.answer
 
-    def pump_for(self, transfer: ReadTransfer, source: BytesSource | FileSource) -> ReadPump:
+    def pump_for(
+        self,
+        transfer: ReadTransfer,
+        source: BytesSource | FileSource,
+        client: socket.socket | None = None,
+        **overrides: Any,
+    ) -> ReadPump:
+        """A pump serving `transfer` from where it is to `client` (default: self.client),
+        with any argument replaced by `overrides`."""
         acked, sent = transfer.position()
-        host, port = self.client.getsockname()[:2]
-        return ReadPump(
-            sock=self.server.fileno(),
-            family=self.server.family,
-            host=host,
-            port=port,
-            flowinfo=0,
-            scope_id=0,
-            content=source.view if isinstance(source, BytesSource) else b"",
-            file=source.fd if isinstance(source, FileSource) else -1,
-            size=source.size,
-            blksize=transfer.params.blksize,
-            last_block=transfer.last_block,
-            acked=acked,
-            sent=sent,
-            recv_buffer=self.recv_buffer,
-            fallback=self.fallback,
-        )
+        host, port = (client or self.client).getsockname()[:2]
+        arguments: dict[str, Any] = {
+            "sock": self.server.fileno(),
+            "family": self.server.family,
+            "host": host,
+            "port": port,
+            "flowinfo": 0,
+            "scope_id": 0,
+            "content": source.view if isinstance(source, BytesSource) else b"",
+            "file": source.fd if isinstance(source, FileSource) else -1,
+            "size": source.size,
+            "blksize": transfer.params.blksize,
+            "last_block": transfer.last_block,
+            "acked": acked,
+            "sent": sent,
+            "recv_buffer": self.recv_buffer,
+            "fallback": self.fallback,
+        }
+        return ReadPump(**(arguments | overrides))
 
     def received(self) -> list[bytes]:
         out = []
@@ -253,59 +263,11 @@ def test_bad_arguments_are_refused(rig: Rig) -> None:
     source = BytesSource(b"x" * 100)
     transfer = _transfer(source, 512, oack=False)
     with pytest.raises(ValueError, match="peer address"):
-        ReadPump(
-            sock=rig.server.fileno(),
-            family=socket.AF_INET,
-            host="not-an-ip",
-            port=1,
-            flowinfo=0,
-            scope_id=0,
-            content=source.view,
-            file=-1,
-            size=100,
-            blksize=512,
-            last_block=transfer.last_block,
-            acked=0,
-            sent=1,
-            recv_buffer=rig.recv_buffer,
-            fallback=rig.fallback,
-        )
+        rig.pump_for(transfer, source, host="not-an-ip", port=1)
     with pytest.raises(ValueError, match="below 64 KiB"):
-        ReadPump(
-            sock=rig.server.fileno(),
-            family=socket.AF_INET,
-            host="127.0.0.1",
-            port=1,
-            flowinfo=0,
-            scope_id=0,
-            content=source.view,
-            file=-1,
-            size=100,
-            blksize=512,
-            last_block=1,
-            acked=0,
-            sent=1,
-            recv_buffer=bytearray(100),
-            fallback=rig.fallback,
-        )
+        rig.pump_for(transfer, source, recv_buffer=bytearray(100))
     with pytest.raises(ValueError, match="shorter than size"):
-        ReadPump(
-            sock=rig.server.fileno(),
-            family=socket.AF_INET,
-            host="127.0.0.1",
-            port=1,
-            flowinfo=0,
-            scope_id=0,
-            content=source.view,
-            file=-1,
-            size=1000,
-            blksize=512,
-            last_block=2,
-            acked=0,
-            sent=1,
-            recv_buffer=rig.recv_buffer,
-            fallback=rig.fallback,
-        )
+        rig.pump_for(transfer, source, size=1000, last_block=2)
 
 
 def test_resume_refuses_a_position_the_rules_cannot_reach() -> None:
@@ -333,14 +295,7 @@ def test_single_port_listener_serves_each_senders_pump_and_leaves_the_rest(rig: 
         transfers = [_transfer(source, 1024, oack=False) for source in sources]
         pumps = {}
         for client, transfer, source in zip((rig.client, other), transfers, sources, strict=True):
-            peer = client.getsockname()
-            pump = ReadPump(
-                sock=rig.server.fileno(), family=socket.AF_INET, host=peer[0], port=peer[1],
-                flowinfo=0, scope_id=0, content=source.view, file=-1, size=source.size,
-                blksize=1024, last_block=transfer.last_block, acked=0, sent=1,
-                recv_buffer=rig.recv_buffer, fallback=rig.fallback,
-            )  # fmt: skip
-            pumps[peer] = pump
+            pumps[client.getsockname()] = rig.pump_for(transfer, source, client)
         seen: list[tuple[bytes, object]] = []
 
         def fallback(size: int, peer: object) -> bool:
